@@ -1,0 +1,201 @@
+"""Typed specs for datasets, models, training, promotion and serving.
+
+This module is the only home of defaults: YAML presets in ``configs/`` override
+them, code reads them from these objects. Nothing here touches the disk at import.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Task = Literal["classification", "generation"]
+
+
+class _Spec(BaseModel):
+    # Unknown keys are errors: a misspelt option must not be silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceSpec(_Spec):
+    """Where a dataset's raw text comes from."""
+
+    kind: Literal["package", "path", "url", "hf", "dataset"]
+    # kind=package: a folder inside an installed Python package (found without importing it).
+    package: str | None = None
+    subdir: str | None = None
+    # kind=path: a CSV/JSONL/Parquet/text file, or a folder of one sub-folder of .txt files per class.
+    path: str | None = None
+    # kind=url: downloaded once into MAAS_HOME's cache; sha256 is checked when given.
+    url: str | None = None
+    sha256: str | None = None
+    # kind=hf: a Hugging Face dataset name (or a local dataset folder), needs the `hf` extra.
+    hf_name: str | None = None
+    hf_config: str | None = None
+    hf_split: str = "train"
+    # kind=dataset: the text of another (already ingested) dataset, e.g. a corpus for the LMs.
+    dataset: str | None = None
+    format: Literal["auto", "csv", "jsonl", "parquet", "folder", "text"] = "auto"
+    text_columns: list[str] = Field(default_factory=lambda: ["text"])
+    label_column: str | None = "label"
+    # Optional explicit split files, e.g. {"test": "holdout.csv"}; the rest is split from the source.
+    split_files: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_required(self) -> SourceSpec:
+        needed = {"package": "package", "path": "path", "url": "url", "hf": "hf_name", "dataset": "dataset"}
+        field = needed[self.kind]
+        if not getattr(self, field):
+            raise ValueError(f"source kind '{self.kind}' needs '{field}'")
+        return self
+
+
+class DatasetSpec(_Spec):
+    """One dataset: a folder ``data/<name>/`` versioned by DVC."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    task: Task = "classification"
+    source: SourceSpec
+    seed: int = 42
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, ge=0, lt=0.5)
+    min_chars: int = 1
+    # Keep at most this many rows after cleaning (a stratified sample); None keeps all.
+    max_rows: int | None = None
+
+
+class TrainingSpec(_Spec):
+    """Settings of the shared fit loop (torch models); the baseline reads only seed."""
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    seed: int = 42
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr: float | None = None
+    weight_decay: float = 0.01
+    beta2: float = 0.999
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    eval_every: int | None = None
+    eval_batches: int | None = None
+    early_stopping_patience: int | None = None
+    checkpoint_every: int | None = None
+    compile: bool = False
+    max_length: int = 256
+    num_threads: int | None = None
+
+
+class ModelSpec(_Spec):
+    """One candidate: a model kind, its hyperparameters and its training settings."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    kind: Literal["tfidf_logreg", "lstm", "transformer", "pretrained", "gpt", "lstm_lm"]
+    params: dict[str, Any] = Field(default_factory=dict)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    timeout_s: float | None = None
+
+
+class TaskSpec(_Spec):
+    """The candidates trained on one dataset and the registered model they compete for."""
+
+    dataset: str
+    registered_model: str
+    candidates: list[ModelSpec]
+    # The validation metric that picks the winner; "higher" or "lower" is better.
+    metric: str = "macro_f1"
+    greater_is_better: bool = True
+    # A challenger must beat the champion by at least this much on `metric`.
+    margin: float = 0.0
+
+
+class ServingSpec(_Spec):
+    max_batch_size: int = 64
+    max_latency_ms: int = 1000
+    max_texts: int = 64
+    max_chars: int = 20_000
+    max_new_tokens: int = 256
+    max_prompt_chars: int = 2_000
+
+
+class PipelineConfig(_Spec):
+    name: str = "default"
+    datasets: list[DatasetSpec]
+    classification: TaskSpec | None = None
+    generation: TaskSpec | None = None
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+
+    @model_validator(mode="after")
+    def _check_datasets(self) -> PipelineConfig:
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dataset names must be unique: {names}")
+        for task in self.tasks():
+            if task.dataset not in names:
+                raise ValueError(f"task dataset '{task.dataset}' is not among datasets {names}")
+        return self
+
+    def tasks(self) -> list[TaskSpec]:
+        return [t for t in (self.classification, self.generation) if t is not None]
+
+    def dataset(self, name: str) -> DatasetSpec:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise KeyError(f"no dataset named '{name}' (have {[d.name for d in self.datasets]})")
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    parent = data.pop("extends", None)
+    if parent:
+        # A preset can shrink or grow another one instead of copying it (see configs/smoke.yaml).
+        data = _deep_merge(_read_yaml(path.parent / f"{parent}.yaml"), data)
+    return data
+
+
+def resolve_config_path(name_or_path: str | Path, configs_dir: Path) -> Path:
+    """A preset name ("default", "smoke", "gpu") or a path to a YAML file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in {".yaml", ".yml"} and candidate.exists():
+        return candidate
+    preset = configs_dir / f"{name_or_path}.yaml"
+    if preset.exists():
+        return preset
+    available = sorted(p.stem for p in configs_dir.glob("*.yaml"))
+    raise FileNotFoundError(f"no config '{name_or_path}': give a YAML path or one of {available}")
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConfig:
+    """Read a pipeline config; `candidates` of a task may be given as a mapping by name for merging."""
+    data = _read_yaml(Path(path))
+    if overrides:
+        data = _deep_merge(data, overrides)
+    for task in ("classification", "generation"):
+        section = data.get(task)
+        if section and isinstance(section.get("candidates"), dict):
+            # Mappings merge cleanly across presets; `enabled: false` drops an inherited candidate.
+            section["candidates"] = [
+                {"name": name, **{k: v for k, v in body.items() if k != "enabled"}}
+                for name, body in section["candidates"].items()
+                if body.get("enabled", True)
+            ]
+    return PipelineConfig.model_validate(data)

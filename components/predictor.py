@@ -1,0 +1,139 @@
+"""One Predictor per trained model, saved as a self-describing bundle.
+
+A bundle is a folder holding ``bundle.json`` (format, kind, task, labels, the model's
+config and free-form metadata) plus whatever files the kind needs (weights, vocabulary,
+fitted pipeline). ``load_predictor(folder)`` needs nothing else: MLflow wraps the same
+folder as a pyfunc, BentoML stores it for serving, and both load it through here, so
+preprocessing is never re-implemented.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+BUNDLE_FORMAT = 1
+MANIFEST_NAME = "bundle.json"
+
+# kind -> "module:Class". Imported on first use so that loading a TF-IDF bundle never imports torch.
+PREDICTOR_CLASSES: dict[str, str] = {
+    "tfidf_logreg": "components.models.tfidf:TfidfPredictor",
+    "lstm": "components.models.neural_classifier:NeuralClassifierPredictor",
+    "transformer": "components.models.neural_classifier:NeuralClassifierPredictor",
+    "pretrained": "components.models.pretrained:PretrainedPredictor",
+    "gpt": "components.models.lm_predictor:LanguageModelPredictor",
+    "lstm_lm": "components.models.lm_predictor:LanguageModelPredictor",
+}
+
+
+class BundleError(ValueError):
+    """A folder that is not a loadable bundle (missing, wrong format, unknown kind)."""
+
+
+class Predictor(ABC):
+    """Common base: identity, metadata and the bundle round trip."""
+
+    task: ClassVar[str]
+
+    def __init__(self, kind: str, config: dict[str, Any], metadata: dict[str, Any] | None = None):
+        self.kind = kind
+        self.config = config
+        self.metadata = dict(metadata or {})
+
+    # -- bundle -------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._save_files(folder)
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "kind": self.kind,
+            "task": self.task,
+            "config": self.config,
+            "metadata": self.metadata,
+            **self._manifest_extra(),
+        }
+        (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        return folder
+
+    def _manifest_extra(self) -> dict[str, Any]:
+        return {}
+
+    @abstractmethod
+    def _save_files(self, folder: Path) -> None:
+        """Write the kind's own files (weights, vocabulary, fitted pipeline) into `folder`."""
+
+    @classmethod
+    @abstractmethod
+    def _load(cls, folder: Path, manifest: dict[str, Any]) -> Predictor:
+        """Rebuild the predictor from `folder`; `manifest` is the parsed bundle.json."""
+
+
+class ClassifierPredictor(Predictor):
+    task: ClassVar[str] = "classification"
+
+    def __init__(self, kind: str, config: dict[str, Any], labels: Sequence[str], metadata=None):
+        super().__init__(kind, config, metadata)
+        self.labels = list(labels)
+
+    def _manifest_extra(self) -> dict[str, Any]:
+        return {"labels": self.labels}
+
+    @abstractmethod
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities, shape (len(texts), len(self.labels)), rows summing to 1."""
+
+    def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        """Label and per-class probabilities for each text (what the service returns)."""
+        proba = self.predict_proba(texts)
+        return [
+            {
+                "label": self.labels[int(row.argmax())],
+                "probabilities": {label: float(p) for label, p in zip(self.labels, row)},
+            }
+            for row in proba
+        ]
+
+
+class GeneratorPredictor(Predictor):
+    task: ClassVar[str] = "generation"
+
+    @abstractmethod
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 100,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> str:
+        """Continue `prompt`; returns only the new text. The same seed gives the same text."""
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(f"{folder} is not a model bundle: {MANIFEST_NAME} is missing")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: bundle format {manifest.get('format')!r}, expected {BUNDLE_FORMAT}")
+    return manifest
+
+
+def load_predictor(folder: str | Path) -> Predictor:
+    """Load any bundle written by `Predictor.save`."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    kind = manifest.get("kind")
+    if kind not in PREDICTOR_CLASSES:
+        raise BundleError(f"{folder}: unknown model kind {kind!r} (known: {sorted(PREDICTOR_CLASSES)})")
+    module_name, class_name = PREDICTOR_CLASSES[kind].split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls._load(folder, manifest)
