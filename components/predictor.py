@@ -95,7 +95,7 @@ class ClassifierPredictor(Predictor):
         return [
             {
                 "label": self.labels[int(row.argmax())],
-                "probabilities": {label: float(p) for label, p in zip(self.labels, row)},
+                "probabilities": {label: float(p) for label, p in zip(self.labels, row, strict=True)},
             }
             for row in proba
         ]

@@ -1,0 +1,50 @@
+# Each target bootstraps .venv from the pinned lock (requirements.lock) on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= default
+
+.PHONY: run test test-fast serve ui bench lint lock clean-state
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+## run: the whole pipeline on the embedded defaults (ingest, train, promote, build the Bento)
+run: $(STAMP)
+	$(BIN)/maas pipeline --config $(CONFIG)
+
+## test: the whole test suite on CPU
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## test-fast: skip the tests marked slow
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+serve: $(STAMP)
+	$(BIN)/maas serve
+
+ui: $(STAMP)
+	$(BIN)/maas ui
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/gpt_shakespeare.py
+	$(BIN)/python benchmarks/serve_load.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check components flows tests benchmarks service.py
+
+## lock: re-resolve requirements.lock (torch pinned to the CPU wheel here; GPU hosts resolve CUDA wheels)
+lock: SHELL := /bin/bash
+lock:
+	uv pip compile pyproject.toml --extra dev --find-links /opt/wheels --override <(echo "torch==2.13.0+cpu") \
+	  --python-version 3.11 -o requirements.lock && sed -i 's/^torch==2.13.0+cpu/torch==2.13.0/' requirements.lock
+
+clean-state:
+	rm -rf .maas

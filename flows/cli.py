@@ -1,0 +1,166 @@
+"""`maas`: the command line of the pipeline (Typer).
+
+Each command points the libraries at MAAS_HOME first (see flows.settings), then imports
+the flows, so Prefect and BentoML never start with the wrong home folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="maas: models as a service.")
+
+ConfigOption = Annotated[str, typer.Option("--config", "-c", help="A preset in configs/ (default, smoke, gpu) or a YAML path.")]
+
+
+def _setup(config: str | None = None):
+    from flows.settings import Settings
+
+    settings = Settings.from_env()
+    settings.apply()
+    _quiet_shutdown_noise()
+    if config is None:
+        return settings, None
+    from components.config import load_config, resolve_config_path
+
+    return settings, load_config(resolve_config_path(config, settings.configs_dir))
+
+
+def _quiet_shutdown_noise() -> None:
+    """Prefect's ephemeral server logs CancelledError tracebacks when the process exits: hide them."""
+    for name in ("uvicorn.error", "prefect._internal.concurrency", "prefect.events.clients"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    versions = summary["data_versions"]
+    console.print(f"\n[bold]Data version[/bold] (data.dvc): {versions.get('_repo')}")
+    for task_name, task in summary["tasks"].items():
+        table = Table(title=f"{task_name}: candidates (val chooses, test reports)")
+        metric_names = sorted(task["results"][0]["val"]) if task["results"] else []
+        test_names = sorted(k for k in (task["results"][0]["test"] if task["results"] else {}) if k != "log_loss")
+        for column in ["candidate", "version", *[f"val {m}" for m in metric_names], *[f"test {m}" for m in test_names], "p50 ms", "train s"]:
+            table.add_column(column)
+        for r in task["results"]:
+            table.add_row(
+                r["candidate"], str(r["version"]), *[f"{r['val'][m]:.4f}" for m in metric_names],
+                *[f"{r['test'][m]:.4f}" for m in test_names], f"{r['latency_ms_p50']:.2f}", f"{r['train_s']:.1f}",
+            )
+        console.print(table)
+        decision = task["decision"]
+        verb = "promoted" if decision["promoted"] else "kept"
+        console.print(f"{task_name}: {verb} ({decision['reason']}); champion: {decision['registered_model']} v{decision['champion_version']}")
+    console.print(f"[bold]Bento:[/bold] {summary.get('bento')}  (serve it: maas serve)")
+
+
+@app.command()
+def pipeline(
+    config: ConfigOption = "default",
+    force: Annotated[bool, typer.Option(help="Retrain even when a cached result exists.")] = False,
+    skip_ingest: Annotated[bool, typer.Option(help="Train on the data pinned by data.dvc (dvc pull if missing).")] = False,
+) -> None:
+    """Run everything: ingest → train → evaluate → promote → build the Bento."""
+    settings, cfg = _setup(config)
+    from flows.pipeline import pipeline as pipeline_flow
+
+    summary = pipeline_flow(settings, cfg, config_name=config, force=force, skip_ingest=skip_ingest)
+    _print_summary(summary)
+
+
+@app.command()
+def ingest(config: ConfigOption = "default") -> None:
+    """Read the configured sources, validate, write data/ and version it with DVC."""
+    settings, cfg = _setup(config)
+    from flows.ingest import ingest as ingest_flow
+
+    versions = ingest_flow(settings, cfg)
+    typer.echo(json.dumps(versions, indent=2))
+
+
+@app.command()
+def compare(
+    config: ConfigOption = "default",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the leaderboard as JSON.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the leaderboard as a Markdown table.")] = False,
+) -> None:
+    """The leaderboard of the current data version, from MLflow."""
+    settings, cfg = _setup(config)
+    from components.data.fingerprint import dataset_version
+    from flows.leaderboard import leaderboard
+
+    versions = {d.name: dataset_version(settings.data_root / d.name) for d in cfg.datasets
+                if (settings.data_root / d.name).is_dir()}
+    rows = leaderboard(settings, cfg, versions)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    lines = ["| task | model | version | alias | val | test | p50 ms |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        fmt = lambda d: ", ".join(f"{k} {v:.4f}" for k, v in d.items())  # noqa: E731
+        latency = f"{r['latency_ms_p50']:.2f}" if r["latency_ms_p50"] is not None else "-"
+        lines.append(f"| {r['task']} | {r['model']} | {r['version']} | {r['alias'] or ''} | {fmt(r['val'])} | {fmt(r['test'])} | {latency} |")
+    if markdown:
+        typer.echo("\n".join(lines))
+        return
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    Console().print(Markdown("\n".join(lines)))
+
+
+@app.command()
+def build(config: ConfigOption = "default") -> None:
+    """Import the champions into the BentoML store and build the Bento."""
+    settings, cfg = _setup(config)
+    from prefect import flow
+
+    from flows.package import build as build_task
+    from flows.package import import_champion
+
+    @flow(name="build")
+    def build_flow():
+        imported = {name: import_champion(settings, cfg, name) for name in ("classification", "generation")
+                    if getattr(cfg, name) is not None}
+        return build_task(settings, imported)
+
+    typer.echo(build_flow())
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 3000,
+    host: Annotated[str, typer.Option(help="Bind address (0.0.0.0 exposes it to the network).")] = "127.0.0.1",
+) -> None:
+    """Serve the latest built Bento."""
+    settings, _ = _setup()
+    from flows import bento
+
+    current = bento.latest_bento("maas")
+    if current is None:
+        raise typer.BadParameter("no Bento built yet: run `maas pipeline` or `maas build` first")
+    os.execvp("bentoml", ["bentoml", "serve", str(current.tag), "--host", host, "--port", str(port)])
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000) -> None:
+    """Open the MLflow UI on the embedded store."""
+    settings, _ = _setup()
+    from flows.tracking import ui_command
+
+    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (store: {settings.tracking_uri})")
+    sys.exit(subprocess.call(ui_command(settings, port)))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,97 @@
+"""Promotion: the best candidate by validation metric challenges the `champion` alias.
+
+The challenger and the champion are compared on the same validation split of the same
+data version (the champion is re-evaluated when the data changed); the test split is
+never used to choose. The alias moves only when the challenger is better by the margin.
+A file lock under MAAS_HOME serialises promotions of one registered model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+from filelock import FileLock
+from prefect import get_run_logger, task
+
+from components.config import TaskSpec
+from components.data.dataset import ClassificationData
+from components.evaluation.classification import classification_metrics
+from components.predictor import ClassifierPredictor, load_predictor
+from flows import tracking
+from flows.settings import Settings
+from flows.train import load_task_data
+
+
+def select_best(results: list[dict[str, Any]], task_spec: TaskSpec) -> dict[str, Any]:
+    """The candidate with the best validation metric (ties: the first listed in the config)."""
+    if not results:
+        raise ValueError(f"no trained candidates for {task_spec.registered_model}")
+    sign = 1 if task_spec.greater_is_better else -1
+    return max(results, key=lambda r: sign * r["val"][task_spec.metric])
+
+
+def is_better(challenger: float, champion: float, task_spec: TaskSpec) -> bool:
+    """Strictly better by more than the margin, in the metric's direction."""
+    if task_spec.greater_is_better:
+        return challenger > champion + task_spec.margin
+    return challenger < champion - task_spec.margin
+
+
+def champion_score(settings: Settings, task_spec: TaskSpec, champion, dataset_version: str) -> float:
+    """The champion's validation metric on `dataset_version`'s validation split."""
+    if champion.tags.get("data_version") == dataset_version:
+        metrics = tracking.run_metrics(settings, champion.run_id)
+        if f"val_{task_spec.metric}" in metrics:
+            return metrics[f"val_{task_spec.metric}"]
+    # New data: score the champion on the new validation split, never on test.
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = tracking.download_bundle(settings, task_spec.registered_model, champion.version, tmp)
+        predictor = load_predictor(bundle)
+        data = load_task_data(settings, task_spec, predictor.kind)
+        if isinstance(predictor, ClassifierPredictor) and isinstance(data, ClassificationData):
+            return classification_metrics(data.val_labels, predictor.predict_proba(data.val_texts), predictor.labels)[
+                task_spec.metric
+            ]
+        raise ValueError(f"cannot re-evaluate a {predictor.kind} champion on new data yet")
+
+
+@task(name="promote", retries=2, retry_delay_seconds=[2, 10])
+def promote(settings: Settings, task_spec: TaskSpec, results: list[dict[str, Any]], dataset_version: str) -> dict:
+    """Returns the decision: promoted or kept, with both scores and the reason."""
+    logger = get_run_logger()
+    best = select_best(results, task_spec)
+    challenger = best["val"][task_spec.metric]
+    lock = FileLock(str(settings.home / "locks" / f"promote-{task_spec.registered_model}.lock"))
+    (settings.home / "locks").mkdir(parents=True, exist_ok=True)
+    with lock.acquire(timeout=600):
+        champion = tracking.get_alias_version(settings, task_spec.registered_model)
+        decision = {
+            "registered_model": task_spec.registered_model,
+            "metric": f"val_{task_spec.metric}",
+            "challenger": {"candidate": best["candidate"], "version": best["version"], "score": challenger},
+            "champion": None,
+        }
+        if champion is not None and champion.version == best["version"]:
+            decision |= {"promoted": False, "reason": "the best candidate already is the champion"}
+        elif champion is None:
+            tracking.set_champion(settings, task_spec.registered_model, best["version"])
+            decision |= {"promoted": True, "reason": "there was no champion"}
+        else:
+            score = champion_score(settings, task_spec, champion, dataset_version)
+            decision["champion"] = {"version": champion.version, "score": score}
+            if is_better(challenger, score, task_spec):
+                tracking.set_champion(settings, task_spec.registered_model, best["version"])
+                decision |= {"promoted": True, "reason": f"better than the champion by more than {task_spec.margin}"}
+            else:
+                decision |= {"promoted": False, "reason": f"not better than the champion by more than {task_spec.margin}"}
+        current = tracking.get_alias_version(settings, task_spec.registered_model)
+        decision["champion_version"] = current.version
+    logger.info(
+        "%s: %s (%s) -> champion v%s",
+        task_spec.registered_model,
+        "promoted" if decision["promoted"] else "kept",
+        decision["reason"],
+        decision["champion_version"],
+    )
+    return decision

@@ -1,0 +1,86 @@
+"""Where the embedded state lives, and how one variable points each part at a real server.
+
+Everything the pipeline writes outside git lives under MAAS_HOME (default `.maas/` in the
+project): the MLflow SQLite store and artifacts, Prefect's home, the DVC local remote,
+the BentoML home, work folders. `MLFLOW_TRACKING_URI`, `PREFECT_API_URL`,
+`PREFECT_HOME` and `BENTOML_HOME` set by the user win over these defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    project_dir: Path
+    home: Path
+
+    @classmethod
+    def from_env(cls, project_dir: str | Path | None = None) -> Settings:
+        project = Path(project_dir or os.environ.get("MAAS_PROJECT_DIR") or Path.cwd()).resolve()
+        home = Path(os.environ.get("MAAS_HOME") or project / ".maas").resolve()
+        return cls(project_dir=project, home=home)
+
+    # -- the project (git + DVC repository) ------------------------------------------
+    @property
+    def data_root(self) -> Path:
+        return self.project_dir / "data"
+
+    @property
+    def configs_dir(self) -> Path:
+        return self.project_dir / "configs"
+
+    # -- embedded state ----------------------------------------------------------------
+    @property
+    def mlflow_db(self) -> Path:
+        return self.home / "mlflow" / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.home / "mlflow" / "artifacts"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
+    @property
+    def dvc_remote(self) -> Path:
+        return self.home / "dvc-remote"
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.home / "bentoml"
+
+    @property
+    def download_cache(self) -> Path:
+        return self.home / "cache" / "downloads"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.home / "work"
+
+    @property
+    def tracking_uri(self) -> str:
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_db}"
+
+    def apply(self) -> None:
+        """Export the defaults for the libraries that read their settings from the environment.
+
+        Call before importing prefect or bentoml: both read their home folder when first used.
+        """
+        for folder in (self.mlflow_db.parent, self.mlflow_artifacts, self.prefect_home, self.bentoml_home):
+            folder.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("MLFLOW_TRACKING_URI", self.tracking_uri)
+        os.environ.setdefault("PREFECT_HOME", str(self.prefect_home))
+        os.environ.setdefault("BENTOML_HOME", str(self.bentoml_home))
+        os.environ["MAAS_HOME"] = str(self.home)
+        os.environ["MAAS_PROJECT_DIR"] = str(self.project_dir)
+        # The embedded Prefect server must not try to reach the internet for telemetry here.
+        os.environ.setdefault("DO_NOT_TRACK", "1")
+        os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+        os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+        # The stores are found through these variables; a prompt would hang a scheduled run.
+        os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")

@@ -1,0 +1,214 @@
+"""The only MLflow adapter: experiments, runs, logged models, the registry and its aliases.
+
+Runs are written through `MlflowClient` with explicit run ids, so candidates trained in
+parallel threads never share the fluent API's "active run". The `champion` alias marks
+the version the service ships; `previous` keeps the one it replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from flows.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+PREVIOUS = "previous"
+PYFUNC_SCRIPT = Path(__file__).with_name("pyfunc_model.py")
+COMPONENTS_DIR = Path(__file__).resolve().parents[1] / "components"
+# What a registry consumer needs to load a bundle; pinned like the lock (torch only for neural kinds).
+MODEL_REQUIREMENTS = ["scikit-learn==1.9.1", "numpy", "pandas", "joblib"]
+TORCH_REQUIREMENTS = ["torch==2.13.0", "transformers>=5,<6", "tokenizers", "safetensors"]
+
+
+def client(settings: Settings) -> MlflowClient:
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    return MlflowClient(settings.tracking_uri, settings.tracking_uri)
+
+
+def ensure_experiment(settings: Settings, name: str) -> str:
+    """One experiment per task; artifacts of the embedded store go under MAAS_HOME."""
+    mlflow_client = client(settings)
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if settings.tracking_uri.startswith("sqlite:"):
+        artifact_location = (settings.mlflow_artifacts / name).as_uri()
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:
+        # Another candidate created it a moment ago.
+        return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+def git_commit(project_dir: Path) -> str:
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+class RunLogger:
+    """Buffers metrics and writes them with `log_batch` (one SQLite transaction per flush)."""
+
+    def __init__(self, mlflow_client: MlflowClient, run_id: str, flush_every: int = 100):
+        self.client = mlflow_client
+        self.run_id = run_id
+        self.flush_every = flush_every
+        self._buffer: list[Metric] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, metrics: Mapping[str, float], step: int | None) -> None:
+        now = int(time.time() * 1000)
+        with self._lock:
+            self._buffer.extend(Metric(k, float(v), now, step or 0) for k, v in metrics.items())
+            if len(self._buffer) >= self.flush_every:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        # log_batch takes at most 1000 metrics a call.
+        for start in range(0, len(self._buffer), 1000):
+            self.client.log_batch(self.run_id, metrics=self._buffer[start : start + 1000])
+        self._buffer.clear()
+
+
+def start_run(
+    settings: Settings, experiment_id: str, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]
+) -> str:
+    mlflow_client = client(settings)
+    run = mlflow_client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    flat = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in params.items()}
+    mlflow_client.log_batch(
+        run.info.run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in flat.items()]
+    )
+    return run.info.run_id
+
+
+def log_artifacts(settings: Settings, run_id: str, files: Mapping[str, Path | str | dict]) -> None:
+    """Log files (paths) or JSON documents (dicts) under the given artifact names."""
+    mlflow_client = client(settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files.items():
+            if isinstance(content, dict | list):
+                path = Path(tmp) / name
+                path.write_text(json.dumps(content, indent=2, sort_keys=True))
+                mlflow_client.log_artifact(run_id, str(path))
+            else:
+                mlflow_client.log_artifact(run_id, str(content))
+
+
+def log_and_register_model(
+    settings: Settings,
+    run_id: str,
+    bundle_dir: Path,
+    registered_model: str,
+    input_example: list[str],
+    needs_torch: bool,
+    version_tags: Mapping[str, str],
+) -> str:
+    """Log the bundle as a pyfunc model in `run_id`, register it, tag the version; returns the version."""
+    client(settings)
+    requirements = MODEL_REQUIREMENTS + (TORCH_REQUIREMENTS if needs_torch else [])
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_SCRIPT),
+            artifacts={"bundle": str(bundle_dir)},
+            code_paths=[str(COMPONENTS_DIR)],
+            pip_requirements=requirements,
+            input_example=input_example,
+            registered_model_name=registered_model,
+        )
+    version = str(info.registered_model_version)
+    mlflow_client = client(settings)
+    for key, value in version_tags.items():
+        mlflow_client.set_model_version_tag(registered_model, version, key, value)
+    return version
+
+
+def end_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
+    client(settings).set_terminated(run_id, status)
+
+
+def get_alias_version(settings: Settings, registered_model: str, alias: str = CHAMPION):
+    """The ModelVersion behind an alias, or None."""
+    try:
+        return client(settings).get_model_version_by_alias(registered_model, alias)
+    except MlflowException:
+        return None
+
+
+def run_metrics(settings: Settings, run_id: str) -> dict[str, float]:
+    return dict(client(settings).get_run(run_id).data.metrics)
+
+
+def set_champion(settings: Settings, registered_model: str, version: str) -> str | None:
+    """Point `champion` at `version`; the replaced version keeps the `previous` alias."""
+    mlflow_client = client(settings)
+    current = get_alias_version(settings, registered_model, CHAMPION)
+    if current is not None and current.version != version:
+        mlflow_client.set_registered_model_alias(registered_model, PREVIOUS, current.version)
+    mlflow_client.set_registered_model_alias(registered_model, CHAMPION, version)
+    return current.version if current is not None else None
+
+
+def download_bundle(settings: Settings, registered_model: str, version: str, dest: Path) -> Path:
+    """The Predictor bundle of a registered version, downloaded into `dest`."""
+    client(settings)
+    dest.mkdir(parents=True, exist_ok=True)
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{registered_model}/{version}", dst_path=str(dest)
+    )
+    return Path(local) / "artifacts" / "bundle"
+
+
+def search_runs(settings: Settings, experiment_name: str, filter_string: str = "") -> list:
+    mlflow_client = client(settings)
+    experiment = mlflow_client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return []
+    return mlflow_client.search_runs(
+        [experiment.experiment_id], filter_string=filter_string, order_by=["attributes.start_time DESC"]
+    )
+
+
+def version_aliases(settings: Settings, registered_model: str) -> dict[str, list[str]]:
+    """version -> aliases for a registered model (empty when it does not exist)."""
+    try:
+        model = client(settings).get_registered_model(registered_model)
+    except MlflowException:
+        return {}
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    return aliases
+
+
+def model_versions_for_run(settings: Settings, registered_model: str, run_id: str) -> list:
+    try:
+        return client(settings).search_model_versions(f"name='{registered_model}' and run_id='{run_id}'")
+    except MlflowException:
+        return []
+
+
+def ui_command(settings: Settings, port: int) -> list[str]:
+    return ["mlflow", "ui", "--backend-store-uri", settings.tracking_uri, "--host", "127.0.0.1", "--port", str(port)]
+

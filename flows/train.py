@@ -1,0 +1,169 @@
+"""Training: one Prefect task per candidate, each an MLflow run with a registered model version.
+
+A candidate's result is cached by (dataset version, model spec, code version, tracking
+store): training the same thing on the same data again returns the recorded run instead
+of a new one. `force=True` (`--force`) retrains anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from components.config import ModelSpec, TaskSpec
+from components.data.dataset import ClassificationData, CorpusData, load_classification_data, load_corpus
+from components.evaluation.classification import flat_metrics, plot_confusion_matrix
+from components.evaluation.report import evaluate
+from components.training.candidates import train_candidate
+from flows import tracking
+from flows.settings import Settings
+
+TORCH_KINDS = {"lstm", "transformer", "pretrained", "gpt", "lstm_lm"}
+
+
+def code_version(project_dir: Path | None = None) -> str:
+    """A hash of the library code that decides what a trained model is."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted((root / "components").rglob("*.py")) + [root / "flows" / "pyfunc_model.py"]:
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def experiment_name(task_spec: TaskSpec) -> str:
+    return f"maas-{task_spec.registered_model}"
+
+
+def load_task_data(settings: Settings, task_spec: TaskSpec, kind: str) -> ClassificationData | CorpusData:
+    folder = settings.data_root / task_spec.dataset
+    if kind in {"gpt", "lstm_lm"}:
+        return load_corpus(folder)
+    return load_classification_data(folder)
+
+
+def _cache_key(context, parameters: dict[str, Any]) -> str:
+    payload = {
+        "spec": parameters["model_spec"].model_dump(mode="json"),
+        "task": parameters["task_spec"].registered_model,
+        "dataset": parameters["dataset_version"],
+        "code": parameters["code"],
+        "store": parameters["settings"].tracking_uri,
+    }
+    return "train-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _input_example(data: ClassificationData | CorpusData) -> list[str]:
+    if isinstance(data, ClassificationData):
+        return [text[:500] for text in data.val_texts[:2]]
+    return [data.val_text[:40]]
+
+
+def _summary_metrics(report: dict, task: str) -> tuple[dict[str, float], dict[str, float]]:
+    if task == "classification":
+        keys = ("accuracy", "macro_f1", "log_loss")
+        return ({k: report["val"][k] for k in keys}, {k: report["test"][k] for k in keys})
+    return ({k: float(v) for k, v in report["val"].items()}, {k: float(v) for k, v in report["test"].items()})
+
+
+@task(name="train-candidate", cache_key_fn=_cache_key, persist_result=True)
+def train_candidate_task(
+    settings: Settings,
+    task_spec: TaskSpec,
+    model_spec: ModelSpec,
+    dataset_version: str,
+    repo_version: str,
+    code: str,
+    config_name: str,
+) -> dict[str, Any]:
+    """Train, evaluate, log and register one candidate; returns a small summary (no models)."""
+    logger = get_run_logger()
+    data = load_task_data(settings, task_spec, model_spec.kind)
+    experiment_id = tracking.ensure_experiment(settings, experiment_name(task_spec))
+    tags = {
+        "maas.task": "generation" if isinstance(data, CorpusData) else "classification",
+        "maas.candidate": model_spec.name,
+        "maas.model_kind": model_spec.kind,
+        "maas.data_version": dataset_version,
+        "maas.repo_data_version": repo_version,
+        "maas.dataset": task_spec.dataset,
+        "maas.config": config_name,
+        "maas.code_version": code,
+        "mlflow.source.git.commit": tracking.git_commit(settings.project_dir),
+    }
+    params = {"kind": model_spec.kind, **model_spec.params, **model_spec.training.model_dump()}
+    run_id = tracking.start_run(settings, experiment_id, model_spec.name, tags, params)
+    run_logger = tracking.RunLogger(tracking.client(settings), run_id)
+    workdir = settings.work_dir / run_id
+    try:
+        logger.info("training %s (%s) on %s@%s", model_spec.name, model_spec.kind, task_spec.dataset, dataset_version[:8])
+        started = time.perf_counter()
+        predictor = train_candidate(model_spec, data, workdir / "train", run_logger)
+        train_s = time.perf_counter() - started
+        report = evaluate(predictor, data)
+        val, test = _summary_metrics(report, tags["maas.task"])
+        metrics = {"train_s": train_s, **{f"latency_{k}": v for k, v in report["latency"].items()}}
+        if tags["maas.task"] == "classification":
+            metrics |= flat_metrics(report["val"], "val") | flat_metrics(report["test"], "test")
+        else:
+            metrics |= {f"val_{k}": v for k, v in val.items()}
+        run_logger(metrics, None)
+        run_logger.flush()
+
+        predictor.metadata |= {
+            "model_name": task_spec.registered_model,
+            "candidate": model_spec.name,
+            "data_version": dataset_version,
+            "run_id": run_id,
+        }
+        bundle_dir = predictor.save(workdir / "bundle")
+        artifacts: dict[str, Any] = {"report.json": report, "model_spec.json": model_spec.model_dump(mode="json")}
+        if tags["maas.task"] == "classification":
+            artifacts["confusion_matrix_test.png"] = plot_confusion_matrix(
+                report["test"]["confusion_matrix"], predictor.labels, workdir / "confusion_matrix_test.png",
+                f"{model_spec.name}: test split",
+            )
+        elif predictor.metadata.get("samples"):
+            samples = workdir / "samples.txt"
+            samples.write_text("\n\n---\n\n".join(predictor.metadata["samples"]))
+            artifacts["samples.txt"] = samples
+        tracking.log_artifacts(settings, run_id, artifacts)
+        version = tracking.log_and_register_model(
+            settings,
+            run_id,
+            bundle_dir,
+            task_spec.registered_model,
+            _input_example(data),
+            needs_torch=model_spec.kind in TORCH_KINDS,
+            version_tags={"data_version": dataset_version, "candidate": model_spec.name, "run_id": run_id},
+        )
+        tracking.end_run(settings, run_id)
+        logger.info("%s: val %s, registered as %s v%s", model_spec.name, _fmt(val), task_spec.registered_model, version)
+        return {
+            "candidate": model_spec.name,
+            "kind": model_spec.kind,
+            "run_id": run_id,
+            "version": version,
+            "data_version": dataset_version,
+            "val": val,
+            "test": test,
+            "latency_ms_p50": report["latency"]["latency_ms_p50"],
+            "train_s": train_s,
+        }
+    except BaseException:
+        run_logger.flush()
+        tracking.end_run(settings, run_id, "FAILED")
+        raise
+    finally:
+        # Checkpoints are only needed while training; the bundle now lives in MLflow.
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
