@@ -15,7 +15,9 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="maas: models as a service.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="maas: models as a service."
+)
 
 ConfigOption = Annotated[str, typer.Option("--config", "-c", help="A preset in configs/ (default, smoke, gpu) or a YAML path.")]
 
@@ -43,12 +45,12 @@ def _print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     versions = summary["data_versions"]
     console.print(f"\n[bold]Data version[/bold] (data.dvc): {versions.get('_repo')}")
     for task_name, task in summary["tasks"].items():
         table = Table(title=f"{task_name}: candidates (val chooses, test reports)")
-        metric_names = sorted(task["results"][0]["val"]) if task["results"] else []
+        metric_names = sorted(k for k in (task["results"][0]["val"] if task["results"] else {}) if k != "log_loss")
         test_names = sorted(k for k in (task["results"][0]["test"] if task["results"] else {}) if k != "log_loss")
         for column in ["candidate", "version", *[f"val {m}" for m in metric_names], *[f"test {m}" for m in test_names], "p50 ms", "train s"]:
             table.add_column(column)
@@ -64,6 +66,16 @@ def _print_summary(summary: dict) -> None:
     console.print(f"[bold]Bento:[/bold] {summary.get('bento')}  (serve it: maas serve)")
 
 
+def _fail(step: str, error: BaseException) -> None:
+    typer.secho(f"\n{step} failed: {type(error).__name__}: {error}", fg="red", err=True)
+    typer.secho(
+        "Nothing half-done was kept: data.dvc moves only after every dataset validated, the champion alias "
+        "only after a better model was registered, the Bento only after a successful build.",
+        err=True,
+    )
+    raise typer.Exit(1)
+
+
 @app.command()
 def pipeline(
     config: ConfigOption = "default",
@@ -74,7 +86,10 @@ def pipeline(
     settings, cfg = _setup(config)
     from flows.pipeline import pipeline as pipeline_flow
 
-    summary = pipeline_flow(settings, cfg, config_name=config, force=force, skip_ingest=skip_ingest)
+    try:
+        summary = pipeline_flow(settings, cfg, config_name=config, force=force, skip_ingest=skip_ingest)
+    except Exception as error:  # the flow's log above holds the traceback
+        _fail("pipeline", error)
     _print_summary(summary)
 
 

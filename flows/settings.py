@@ -82,5 +82,7 @@ class Settings:
         os.environ.setdefault("DO_NOT_TRACK", "1")
         os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
         os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         # The stores are found through these variables; a prompt would hang a scheduled run.
         os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,10 @@ def log_and_register_model(
     """Log the bundle as a pyfunc model in `run_id`, register it, tag the version; returns the version."""
     client(settings)
     requirements = MODEL_REQUIREMENTS + (TORCH_REQUIREMENTS if needs_torch else [])
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # Outputs are maps of mixed values (label, probabilities, text): MLflow warns that it
+        # cannot validate `Any`, which is what we mean.
+        warnings.filterwarnings("ignore", module="mlflow.types.type_hints")
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_SCRIPT),
@@ -170,9 +174,10 @@ def set_champion(settings: Settings, registered_model: str, version: str) -> str
     return current.version if current is not None else None
 
 
-def download_bundle(settings: Settings, registered_model: str, version: str, dest: Path) -> Path:
+def download_bundle(settings: Settings, registered_model: str, version: str, dest: str | Path) -> Path:
     """The Predictor bundle of a registered version, downloaded into `dest`."""
     client(settings)
+    dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     local = mlflow.artifacts.download_artifacts(
         artifact_uri=f"models:/{registered_model}/{version}", dst_path=str(dest)
