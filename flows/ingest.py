@@ -29,7 +29,10 @@ def ingest_one(settings: Settings, spec: DatasetSpec) -> str:
         spec, settings.data_root, cache_dir=settings.download_cache, base_dir=settings.project_dir
     )
     version = dataset_version(settings.data_root / spec.name)
-    logger.info("dataset %s: %s rows -> version %s", spec.name, sum(manifest["counts"]["rows"].values()), version)
+    counts = manifest["counts"]
+    size = (f"{sum(counts['rows'].values())} rows" if "rows" in counts
+            else f"{sum(counts['characters'].values())} characters")
+    logger.info("dataset %s: %s -> version %s", spec.name, size, version)
     return version
 
 

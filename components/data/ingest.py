@@ -1,0 +1,291 @@
+"""Ingest one dataset: read, clean, de-duplicate, split, validate, then publish atomically.
+
+The published folder ``data_root/<name>/`` follows the contract in
+:mod:`components.data.dataset`. It is rebuilt from scratch in a staging folder beside it
+and swapped in by renaming only once everything is written: invalid data never
+replaces the current version, a failure leaves no half-written folder, and files of the
+previous version are never modified in place (they may be links into DVC's cache).
+
+Everything written is a pure function of the source and the spec: rows in source order
+within each split, no timestamps, no absolute paths, fixed Parquet settings. Ingesting
+the same source twice therefore gives the same bytes and the same data version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from components.config import DatasetSpec
+from components.data.cleaning import Dropped, clean, downsample
+from components.data.dataset import CORPUS_SPLITS, MANIFEST_FILE, SPLITS
+from components.data.sources import LABEL, TEXT, read_source, read_split_files
+from components.data.splitting import join_corpus, split_classification, split_corpus
+from components.data.validation import (
+    check_labels,
+    check_schema,
+    validate_classification,
+    validate_corpus,
+)
+
+log = logging.getLogger(__name__)
+
+PARQUET_COMPRESSION = "zstd"
+CLASSIFICATION_SCHEMA = {TEXT: "string", LABEL: "string"}
+CORPUS_SCHEMA = {TEXT: "string"}
+
+
+def ingest_dataset(spec: DatasetSpec, data_root: Path, *, cache_dir: Path, base_dir: Path) -> dict:
+    """Build ``data_root/<spec.name>/`` from ``spec.source`` and return its manifest.
+
+    ``base_dir`` resolves relative source paths (the project root); ``cache_dir`` keeps
+    URL downloads. Raises :class:`~components.data.validation.DataValidationError` (or
+    a reading error) without touching the existing folder.
+    """
+    data_root = Path(data_root)
+    labelled = spec.task == "classification"
+    log.info("ingesting '%s' (%s) from a %s source", spec.name, spec.task, spec.source.kind)
+
+    source = read_source(
+        spec.source, base_dir=base_dir, cache_dir=cache_dir, data_root=data_root, require_label=labelled
+    )
+    pinned = read_split_files(spec.source, base_dir=base_dir, cache_dir=cache_dir, require_label=labelled)
+    _check_pinned_splits(spec, pinned)
+    rows_read = len(source) + sum(len(frame) for frame in pinned.values())
+    log.info(
+        "read %d rows (%d from the source, pinned splits %s)",
+        rows_read,
+        len(source),
+        {split: len(frame) for split, frame in pinned.items()},
+    )
+
+    source, pinned, dropped = _clean_all(spec, source, pinned)
+    log.info(
+        "dropped %d empty or short rows and %d duplicates; %d rows remain",
+        dropped.empty,
+        dropped.duplicates,
+        len(source) + sum(len(f) for f in pinned.values()),
+    )
+
+    if labelled:
+        # Schema and label checks before sampling and stratifying, whose errors would be obscure.
+        check_schema({"source": source})
+        check_labels({"source": source})
+    source, sampled_out = downsample(source, spec.max_rows, seed=spec.seed, stratify=labelled)
+    if sampled_out:
+        log.info("max_rows=%d: sampled out %d rows", spec.max_rows, sampled_out)
+    dropped = dropped + Dropped(sampled_out=sampled_out)
+
+    if labelled:
+        write, counts, labels = _prepare_classification(spec, source, pinned)
+    else:
+        write, counts, labels = _prepare_corpus(spec, source, pinned)
+    counts["read"] = rows_read
+    manifest = build_manifest(spec, counts=counts, dropped=dropped, labels=labels)
+
+    def write_all(folder: Path) -> None:
+        write(folder)
+        write_manifest(manifest, folder)
+
+    publish(data_root / spec.name, write_all)
+    log.info("published %s", data_root / spec.name)
+    return manifest
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _check_pinned_splits(spec: DatasetSpec, pinned: dict[str, pd.DataFrame]) -> None:
+    """Only held-out splits can be pinned: train is always what the main source leaves."""
+    allowed = ("val", "test") if spec.task == "classification" else ("val",)
+    bad = sorted(set(pinned) - set(allowed))
+    if bad:
+        raise ValueError(f"split_files of a {spec.task} dataset may pin {list(allowed)}, not {bad}")
+
+
+def _clean_all(
+    spec: DatasetSpec, source: pd.DataFrame, pinned: dict[str, pd.DataFrame]
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], Dropped]:
+    """Clean pinned splits first (test, then val), then the source, sharing one duplicate set.
+
+    A pinned split is kept exactly; a source row repeating one of its texts is dropped.
+    """
+    seen: set[str] = set()
+    dropped = Dropped()
+    cleaned: dict[str, pd.DataFrame] = {}
+    for split in sorted(pinned, key=lambda s: ("test", "val").index(s)):
+        cleaned[split], step = clean(pinned[split], task=spec.task, min_chars=spec.min_chars, seen=seen)
+        dropped = dropped + step
+    source, step = clean(source, task=spec.task, min_chars=spec.min_chars, seen=seen)
+    return source, cleaned, dropped + step
+
+
+def _prepare_classification(
+    spec: DatasetSpec, source: pd.DataFrame, pinned: dict[str, pd.DataFrame]
+) -> tuple[Callable[[Path], None], dict[str, Any], list[str]]:
+    """Split and validate; return the writer, the counts and the label set."""
+    splits = _classification_splits(spec, source, pinned)
+    validate_classification(splits)
+    log.info("rows per split %s", {split: len(frame) for split, frame in splits.items()})
+    labels = sorted(set().union(*(set(frame[LABEL]) for frame in splits.values())))
+    return partial(_write_classification, splits), _classification_counts(splits, labels), labels
+
+
+def _prepare_corpus(
+    spec: DatasetSpec, source: pd.DataFrame, pinned: dict[str, pd.DataFrame]
+) -> tuple[Callable[[Path], None], dict[str, Any], list[str]]:
+    """Join the documents, cut train/val, validate; return the writer, the counts, no labels."""
+    texts = _corpus_splits(spec, source, pinned)
+    validate_corpus(texts)
+    log.info("characters per split %s", {split: len(text) for split, text in texts.items()})
+    counts = {
+        "documents": len(source) + sum(len(frame) for frame in pinned.values()),
+        "characters": {split: len(text) for split, text in texts.items()},
+    }
+    return partial(_write_corpus, texts), counts, []
+
+
+def _classification_splits(
+    spec: DatasetSpec, source: pd.DataFrame, pinned: dict[str, pd.DataFrame]
+) -> dict[str, pd.DataFrame]:
+    """Pinned splits as given; the others carved from the source. Indices become file positions."""
+    wanted = {"val": spec.val_fraction, "test": spec.test_fraction}
+    carved = split_classification(
+        source, fractions={s: f for s, f in wanted.items() if s not in pinned}, seed=spec.seed
+    )
+    merged = {**carved, **pinned}
+    return {split: merged[split].reset_index(drop=True) for split in SPLITS}
+
+
+def _corpus_splits(
+    spec: DatasetSpec, source: pd.DataFrame, pinned: dict[str, pd.DataFrame]
+) -> dict[str, str]:
+    corpus = join_corpus(source[TEXT].tolist())
+    if "val" in pinned:
+        return {"train": corpus, "val": join_corpus(pinned["val"][TEXT].tolist())}
+    return split_corpus(corpus, val_fraction=spec.val_fraction)
+
+
+def _classification_counts(splits: dict[str, pd.DataFrame], labels: list[str]) -> dict[str, Any]:
+    per_class = {}
+    for split, frame in splits.items():
+        found = Counter(frame[LABEL])
+        per_class[split] = {label: found.get(label, 0) for label in labels}
+    return {"rows": {split: len(frame) for split, frame in splits.items()}, "per_class": per_class}
+
+
+def build_manifest(spec: DatasetSpec, *, counts: dict, dropped: Dropped, labels: list[str]) -> dict:
+    """What the folder holds and how it was made; nothing machine- or time-dependent."""
+    classification = spec.task == "classification"
+    splits = SPLITS if classification else CORPUS_SPLITS
+    suffix = ".parquet" if classification else ".txt"
+    return {
+        "name": spec.name,
+        "task": spec.task,
+        # As written in the spec: relative paths stay relative, so the manifest is portable.
+        "source": spec.source.model_dump(mode="json"),
+        "seed": spec.seed,
+        "val_fraction": spec.val_fraction,
+        "test_fraction": spec.test_fraction if classification else 0.0,
+        "min_chars": spec.min_chars,
+        "max_rows": spec.max_rows,
+        "counts": counts,
+        "schema": CLASSIFICATION_SCHEMA if classification else CORPUS_SCHEMA,
+        "dropped": {
+            "empty": dropped.empty,
+            "duplicates": dropped.duplicates,
+            "sampled_out": dropped.sampled_out,
+        },
+        "labels": labels,
+        "files": sorted([f"{split}{suffix}" for split in splits] + [MANIFEST_FILE]),
+    }
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """Two string columns, built from plain lists.
+
+    Building the Arrow table from lists (not ``Table.from_pandas``) stores no pandas
+    metadata (which records the pandas version and index), so the bytes depend only on
+    the rows and the pinned pyarrow version.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            TEXT: pa.array(frame[TEXT].tolist(), type=pa.string()),
+            LABEL: pa.array(frame[LABEL].tolist(), type=pa.string()),
+        }
+    )
+    pq.write_table(table, path, compression=PARQUET_COMPRESSION)
+
+
+def _write_classification(splits: dict[str, pd.DataFrame], folder: Path) -> None:
+    for split in SPLITS:
+        write_parquet(splits[split], folder / f"{split}.parquet")
+
+
+def _write_corpus(texts: dict[str, str], folder: Path) -> None:
+    for split in CORPUS_SPLITS:
+        # Bytes, not write_text: no newline translation on any platform.
+        (folder / f"{split}.txt").write_bytes(texts[split].encode("utf-8"))
+
+
+def write_manifest(manifest: dict, folder: Path) -> None:
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    (folder / MANIFEST_FILE).write_bytes(text.encode("utf-8"))
+
+
+def publish(target: Path, write: Callable[[Path], Any]) -> None:
+    """Run ``write`` into a fresh staging folder beside ``target``, then swap it in.
+
+    The swap is two renames on the same file system (current → ``.<name>.old-*``,
+    staging → target); if the second fails, the first is undone. Leftovers of an
+    interrupted earlier run are removed first, so they never end up in a DVC hash of
+    ``data_root``. One dataset must not be ingested by two processes at once.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    try:
+        write(staging)
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; the dataset folder should not be
+        _swap(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _swap(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    old = target.with_name(staging.name.replace(".staging-", ".old-", 1))
+    os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_leftovers(target: Path) -> None:
+    for pattern in (f".{target.name}.staging-*", f".{target.name}.old-*"):
+        for leftover in target.parent.glob(pattern):
+            log.warning("removing %s, left over by an interrupted ingest", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
