@@ -102,6 +102,17 @@ class ModelSpec(_Spec):
     timeout_s: float | None = None
 
 
+class BehaviouralChecks(_Spec):
+    """Checks a challenger must pass before it may replace the champion (classification)."""
+
+    # Perturbations whose label must not change: "case" (upper-cased text), "whitespace" (extra spaces).
+    invariance: list[Literal["case", "whitespace"]] = Field(default_factory=lambda: ["case", "whitespace"])
+    invariance_sample: int = 100  # validation texts perturbed
+    min_invariance: float = 0.95  # share of them whose predicted label must stay the same
+    # label -> texts that must get that label.
+    must_pass: dict[str, list[str]] = Field(default_factory=dict)
+
+
 class TaskSpec(_Spec):
     """The candidates trained on one dataset and the registered model they compete for."""
 
@@ -111,8 +122,9 @@ class TaskSpec(_Spec):
     # The validation metric that picks the winner; "higher" or "lower" is better.
     metric: str = "macro_f1"
     greater_is_better: bool = True
-    # A challenger must beat the champion by at least this much on `metric`.
+    # A challenger must beat the champion by more than this on `metric`.
     margin: float = 0.0
+    checks: BehaviouralChecks = Field(default_factory=BehaviouralChecks)
 
 
 class ServingSpec(_Spec):

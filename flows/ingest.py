@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 
 from components.config import DatasetSpec, PipelineConfig
 from components.data.fingerprint import dataset_version
 from components.data.ingest import ingest_dataset
 from flows import versioning
+from flows.logs import run_logger
 from flows.settings import Settings
 
 
@@ -24,7 +25,7 @@ def ingest_order(datasets: list[DatasetSpec]) -> list[DatasetSpec]:
 
 @task(name="ingest-dataset")
 def ingest_one(settings: Settings, spec: DatasetSpec) -> str:
-    logger = get_run_logger()
+    logger = run_logger()
     manifest = ingest_dataset(
         spec, settings.data_root, cache_dir=settings.download_cache, base_dir=settings.project_dir
     )
@@ -45,7 +46,7 @@ def version_data(settings: Settings) -> str:
 @flow(name="ingest", log_prints=True)
 def ingest(settings: Settings, config: PipelineConfig) -> dict[str, str]:
     """Returns {dataset name: dataset version, "_repo": data.dvc md5}."""
-    logger = get_run_logger()
+    logger = run_logger()
     pinned = versioning.pinned_version(settings)
     versions = {spec.name: ingest_one(settings, spec) for spec in ingest_order(config.datasets)}
     repo_version = version_data(settings)

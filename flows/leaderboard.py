@@ -30,7 +30,7 @@ def leaderboard(settings: Settings, config: PipelineConfig, versions: dict[str, 
         for run in runs:
             metrics = run.data.metrics
             versions_of_run = tracking.model_versions_for_run(settings, task_spec.registered_model, run.info.run_id)
-            version = versions_of_run[0].version if versions_of_run else None
+            version = str(versions_of_run[0].version) if versions_of_run else None
             run_aliases = aliases.get(str(version), []) if version else []
             task_rows.append(
                 {

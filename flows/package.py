@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import tempfile
 
-from prefect import get_run_logger, task
+from prefect import task
 
 from components.config import PipelineConfig
 from flows import bento, tracking
+from flows.logs import run_logger
 from flows.settings import Settings
 
 BENTO_MODEL_NAMES = {"classification": "maas-classifier", "generation": "maas-generator"}
@@ -24,7 +25,7 @@ def _labels(registered_model: str, version, data_version: str) -> dict[str, str]
 @task(name="import-champion", retries=2, retry_delay_seconds=[2, 10])
 def import_champion(settings: Settings, config: PipelineConfig, task_name: str) -> dict[str, str] | None:
     """Copy the champion bundle of one task into the BentoML store (unless already there)."""
-    logger = get_run_logger()
+    logger = run_logger()
     task_spec = getattr(config, task_name)
     champion = tracking.get_alias_version(settings, task_spec.registered_model)
     if champion is None:
@@ -47,7 +48,7 @@ def import_champion(settings: Settings, config: PipelineConfig, task_name: str) 
 
 @task(name="build-bento", retries=1, retry_delay_seconds=5)
 def build(settings: Settings, imported: dict[str, dict[str, str] | None]) -> str | None:
-    logger = get_run_logger()
+    logger = run_logger()
     present = {task: info for task, info in imported.items() if info}
     if not present:
         logger.warning("no champion to serve: no Bento built")

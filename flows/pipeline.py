@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.config import PipelineConfig
 from flows.ingest import ensure_data, ingest
+from flows.logs import run_logger
 from flows.package import build, import_champion
 from flows.promote import promote
 from flows.settings import Settings
@@ -47,7 +48,7 @@ def leaderboard_markdown(task_name: str, results: list[dict[str, Any]], decision
 @flow(name="pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
 def pipeline(settings: Settings, config: PipelineConfig, config_name: str = "default", force: bool = False,
              skip_ingest: bool = False) -> dict[str, Any]:
-    logger = get_run_logger()
+    logger = run_logger()
     logger.info("[1/4] ingest: %d dataset(s)", len(config.datasets))
     versions = ensure_data(settings, config) if skip_ingest else ingest(settings, config)
 

@@ -12,13 +12,15 @@ import tempfile
 from typing import Any
 
 from filelock import FileLock
-from prefect import get_run_logger, task
+from prefect import task
 
 from components.config import TaskSpec
 from components.data.dataset import ClassificationData
+from components.evaluation.behaviour import run_checks
 from components.evaluation.classification import classification_metrics
 from components.predictor import ClassifierPredictor, load_predictor
 from flows import tracking
+from flows.logs import run_logger
 from flows.settings import Settings
 from flows.train import load_task_data
 
@@ -56,15 +58,28 @@ def champion_score(settings: Settings, task_spec: TaskSpec, champion, dataset_ve
         raise ValueError(f"cannot re-evaluate a {predictor.kind} champion on new data yet")
 
 
+def behaviour_report(settings: Settings, task_spec: TaskSpec, version: str) -> dict | None:
+    """The challenger's behavioural checks on the validation texts (classification only)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        predictor = load_predictor(tracking.download_bundle(settings, task_spec.registered_model, version, tmp))
+        if not isinstance(predictor, ClassifierPredictor):
+            return None
+        data = load_task_data(settings, task_spec, predictor.kind)
+        return run_checks(predictor, task_spec.checks, data.val_texts)
+
+
+def _lock(settings: Settings, registered_model: str) -> FileLock:
+    (settings.home / "locks").mkdir(parents=True, exist_ok=True)
+    return FileLock(str(settings.home / "locks" / f"promote-{registered_model}.lock"))
+
+
 @task(name="promote", retries=2, retry_delay_seconds=[2, 10])
 def promote(settings: Settings, task_spec: TaskSpec, results: list[dict[str, Any]], dataset_version: str) -> dict:
     """Returns the decision: promoted or kept, with both scores and the reason."""
-    logger = get_run_logger()
+    logger = run_logger()
     best = select_best(results, task_spec)
     challenger = best["val"][task_spec.metric]
-    lock = FileLock(str(settings.home / "locks" / f"promote-{task_spec.registered_model}.lock"))
-    (settings.home / "locks").mkdir(parents=True, exist_ok=True)
-    with lock.acquire(timeout=600):
+    with _lock(settings, task_spec.registered_model).acquire(timeout=600):
         champion = tracking.get_alias_version(settings, task_spec.registered_model)
         decision = {
             "registered_model": task_spec.registered_model,
@@ -72,8 +87,12 @@ def promote(settings: Settings, task_spec: TaskSpec, results: list[dict[str, Any
             "challenger": {"candidate": best["candidate"], "version": best["version"], "score": challenger},
             "champion": None,
         }
+        behaviour = behaviour_report(settings, task_spec, best["version"])
+        decision["checks"] = behaviour
         if champion is not None and champion.version == best["version"]:
             decision |= {"promoted": False, "reason": "the best candidate already is the champion"}
+        elif behaviour is not None and not behaviour["passed"]:
+            decision |= {"promoted": False, "reason": "the challenger failed its behavioural checks"}
         elif champion is None:
             tracking.set_champion(settings, task_spec.registered_model, best["version"])
             decision |= {"promoted": True, "reason": "there was no champion"}
@@ -86,7 +105,11 @@ def promote(settings: Settings, task_spec: TaskSpec, results: list[dict[str, Any
             else:
                 decision |= {"promoted": False, "reason": f"not better than the champion by more than {task_spec.margin}"}
         current = tracking.get_alias_version(settings, task_spec.registered_model)
-        decision["champion_version"] = current.version
+        decision["champion_version"] = current.version if current is not None else None
+        tracking.tag_version(
+            settings, task_spec.registered_model, best["version"], "promotion",
+            ("promoted: " if decision["promoted"] else "kept champion: ") + decision["reason"],
+        )
     logger.info(
         "%s: %s (%s) -> champion v%s",
         task_spec.registered_model,
@@ -95,3 +118,14 @@ def promote(settings: Settings, task_spec: TaskSpec, results: list[dict[str, Any
         decision["champion_version"],
     )
     return decision
+
+
+def rollback(settings: Settings, task_spec: TaskSpec) -> dict:
+    """Swap `champion` and `previous`: the replaced champion serves again."""
+    with _lock(settings, task_spec.registered_model).acquire(timeout=600):
+        previous = tracking.get_alias_version(settings, task_spec.registered_model, tracking.PREVIOUS)
+        if previous is None:
+            raise ValueError(f"{task_spec.registered_model} has no `previous` version to roll back to")
+        replaced = tracking.set_champion(settings, task_spec.registered_model, previous.version)
+    return {"registered_model": task_spec.registered_model, "champion_version": previous.version,
+            "replaced": replaced}

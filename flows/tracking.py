@@ -15,6 +15,7 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -152,12 +153,22 @@ def end_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
     client(settings).set_terminated(run_id, status)
 
 
-def get_alias_version(settings: Settings, registered_model: str, alias: str = CHAMPION):
-    """The ModelVersion behind an alias, or None."""
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A registry version as the flows use it (MLflow returns versions as ints, tags as a dict)."""
+
+    version: str
+    run_id: str
+    tags: dict[str, str]
+
+
+def get_alias_version(settings: Settings, registered_model: str, alias: str = CHAMPION) -> RegisteredVersion | None:
+    """The version behind an alias, or None."""
     try:
-        return client(settings).get_model_version_by_alias(registered_model, alias)
+        found = client(settings).get_model_version_by_alias(registered_model, alias)
     except MlflowException:
         return None
+    return RegisteredVersion(str(found.version), found.run_id, dict(found.tags or {}))
 
 
 def run_metrics(settings: Settings, run_id: str) -> dict[str, float]:
@@ -168,10 +179,15 @@ def set_champion(settings: Settings, registered_model: str, version: str) -> str
     """Point `champion` at `version`; the replaced version keeps the `previous` alias."""
     mlflow_client = client(settings)
     current = get_alias_version(settings, registered_model, CHAMPION)
+    version = str(version)
     if current is not None and current.version != version:
         mlflow_client.set_registered_model_alias(registered_model, PREVIOUS, current.version)
     mlflow_client.set_registered_model_alias(registered_model, CHAMPION, version)
     return current.version if current is not None else None
+
+
+def tag_version(settings: Settings, registered_model: str, version: str, key: str, value: str) -> None:
+    client(settings).set_model_version_tag(registered_model, version, key, value[:5000])
 
 
 def download_bundle(settings: Settings, registered_model: str, version: str, dest: str | Path) -> Path:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import task
 
 from components.config import ModelSpec, TaskSpec
 from components.data.dataset import ClassificationData, CorpusData, load_classification_data, load_corpus
@@ -22,6 +22,7 @@ from components.evaluation.classification import flat_metrics, plot_confusion_ma
 from components.evaluation.report import evaluate
 from components.training.candidates import train_candidate
 from flows import tracking
+from flows.logs import run_logger
 from flows.settings import Settings
 
 TORCH_KINDS = {"lstm", "transformer", "pretrained", "gpt", "lstm_lm"}
@@ -83,7 +84,7 @@ def train_candidate_task(
     config_name: str,
 ) -> dict[str, Any]:
     """Train, evaluate, log and register one candidate; returns a small summary (no models)."""
-    logger = get_run_logger()
+    logger = run_logger()
     data = load_task_data(settings, task_spec, model_spec.kind)
     experiment_id = tracking.ensure_experiment(settings, experiment_name(task_spec))
     tags = {
@@ -99,12 +100,12 @@ def train_candidate_task(
     }
     params = {"kind": model_spec.kind, **model_spec.params, **model_spec.training.model_dump()}
     run_id = tracking.start_run(settings, experiment_id, model_spec.name, tags, params)
-    run_logger = tracking.RunLogger(tracking.client(settings), run_id)
+    metrics_logger = tracking.RunLogger(tracking.client(settings), run_id)
     workdir = settings.work_dir / run_id
     try:
         logger.info("training %s (%s) on %s@%s", model_spec.name, model_spec.kind, task_spec.dataset, dataset_version[:8])
         started = time.perf_counter()
-        predictor = train_candidate(model_spec, data, workdir / "train", run_logger)
+        predictor = train_candidate(model_spec, data, workdir / "train", metrics_logger)
         train_s = time.perf_counter() - started
         report = evaluate(predictor, data)
         val, test = _summary_metrics(report, tags["maas.task"])
@@ -113,8 +114,8 @@ def train_candidate_task(
             metrics |= flat_metrics(report["val"], "val") | flat_metrics(report["test"], "test")
         else:
             metrics |= {f"val_{k}": v for k, v in val.items()}
-        run_logger(metrics, None)
-        run_logger.flush()
+        metrics_logger(metrics, None)
+        metrics_logger.flush()
 
         predictor.metadata |= {
             "model_name": task_spec.registered_model,
@@ -157,7 +158,7 @@ def train_candidate_task(
             "train_s": train_s,
         }
     except BaseException:
-        run_logger.flush()
+        metrics_logger.flush()
         tracking.end_run(settings, run_id, "FAILED")
         raise
     finally:

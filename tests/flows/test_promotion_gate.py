@@ -1,0 +1,125 @@
+"""The promotion gate against a real (temporary) MLflow registry.
+
+A weakened challenger is never promoted; two promotions at once leave exactly one
+consistent champion; rollback restores the replaced champion.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.config import BehaviouralChecks, DatasetSpec, ModelSpec, SourceSpec, TaskSpec
+from components.data.fingerprint import dataset_version
+from components.data.ingest import ingest_dataset
+from flows import tracking
+from flows.promote import promote, rollback
+from flows.settings import Settings
+from flows.train import code_version, train_candidate_task
+
+TOPICS = {
+    "sport": "match goal team player score league coach win cup",
+    "tech": "software chip computer internet phone data network code",
+    "politics": "election minister party vote parliament policy government law",
+}
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A project with a small dataset, and two registered candidates: a good one and a weakened one."""
+    project = tmp_path_factory.mktemp("gate-project")
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, words in TOPICS.items():
+        vocabulary = words.split() + "the a of and to in on it".split()
+        rows += [{"text": " ".join(rng.choice(vocabulary, size=14)), "label": label} for _ in range(60)]
+    pd.DataFrame(rows).to_csv(project / "topics.csv", index=False)
+    dataset = DatasetSpec(name="topics", source=SourceSpec(kind="path", path="topics.csv"), test_fraction=0.2)
+    settings = Settings(project_dir=project, home=tmp_path_factory.mktemp("gate-home"))
+    ingest_dataset(dataset, settings.data_root, cache_dir=settings.download_cache, base_dir=project)
+    version = dataset_version(settings.data_root / "topics")
+
+    good = ModelSpec(name="good", kind="tfidf_logreg", params={"min_df": 1, "char_ngrams": None})
+    weak = ModelSpec(name="weak", kind="tfidf_logreg",
+                     params={"min_df": 1, "char_ngrams": None, "max_features": 2, "C": 0.0001})
+    task_spec = TaskSpec(dataset="topics", registered_model=f"gate-{project.name}", candidates=[good, weak],
+                         checks=BehaviouralChecks(must_pass={"sport": ["goal goal match team"]}))
+    code = code_version()
+    results = {spec.name: train_candidate_task.fn(settings, task_spec, spec, version, "test", code, "test")
+               for spec in (good, weak)}
+    assert results["good"]["val"]["macro_f1"] > results["weak"]["val"]["macro_f1"]
+    return settings, task_spec, version, results
+
+
+def _champion(settings, task_spec):
+    return tracking.get_alias_version(settings, task_spec.registered_model).version
+
+
+def test_weak_challenger_never_replaces_champion(registry):
+    settings, task_spec, version, results = registry
+    first = promote.fn(settings, task_spec, [results["good"]], version)
+    assert first["promoted"] and _champion(settings, task_spec) == results["good"]["version"]
+    second = promote.fn(settings, task_spec, [results["weak"]], version)
+    assert second["promoted"] is False
+    assert _champion(settings, task_spec) == results["good"]["version"]
+
+
+def test_challenger_failing_behavioural_checks_is_not_promoted(registry):
+    settings, task_spec, version, results = registry
+    strict = task_spec.model_copy(update={
+        "registered_model": task_spec.registered_model,
+        "checks": BehaviouralChecks(must_pass={"politics": ["goal goal match team"]}),
+    })
+    before = tracking.get_alias_version(settings, task_spec.registered_model)
+    decision = promote.fn(settings, strict, [results["good"]], version)
+    assert decision["checks"]["passed"] is False
+    after = tracking.get_alias_version(settings, task_spec.registered_model)
+    assert (before.version if before else None) == (after.version if after else None)
+
+
+def test_concurrent_promotions_leave_one_consistent_champion(registry):
+    settings, task_spec, version, results = registry
+    spec = task_spec.model_copy(update={"registered_model": task_spec.registered_model + "-race"})
+    # Register the same two models under a fresh name so both start with no champion.
+    for result in [results["good"], results["weak"]]:
+        bundle = tracking.download_bundle(settings, task_spec.registered_model, result["version"],
+                                          settings.home / "dl" / result["candidate"])
+        new_version = tracking.log_and_register_model(
+            settings, result["run_id"], bundle, spec.registered_model, ["goal match"], needs_torch=False,
+            version_tags={"data_version": version})
+        result_copy = dict(result, version=new_version)
+        results[result["candidate"] + "-race"] = result_copy
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def run(name):
+        try:
+            barrier.wait()
+            promote.fn(settings, spec, [results[name]], version)
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in ("weak-race", "good-race")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    aliases = tracking.version_aliases(settings, spec.registered_model)
+    champions = [v for v, names in aliases.items() if "champion" in names]
+    assert champions == [results["good-race"]["version"]]
+
+
+def test_rollback_restores_previous_champion(registry):
+    settings, task_spec, version, results = registry
+    # Let the weak one win once, on purpose: no margin to beat, no checks to pass.
+    spec = task_spec.model_copy(update={"margin": -1.0, "checks": BehaviouralChecks(invariance=[])})
+    promote.fn(settings, spec, [results["weak"]], version)
+    assert _champion(settings, task_spec) == results["weak"]["version"]
+    rollback(settings, task_spec)
+    assert _champion(settings, task_spec) == results["good"]["version"]
+    previous = tracking.get_alias_version(settings, task_spec.registered_model, tracking.PREVIOUS)
+    assert previous.version == results["weak"]["version"]
