@@ -104,6 +104,84 @@ def ingest(config: ConfigOption = "default") -> None:
 
 
 @app.command()
+def train(
+    config: ConfigOption = "default",
+    candidate: Annotated[list[str] | None, typer.Option("--candidate", help="Train only these (repeatable).")] = None,
+    nproc: Annotated[int, typer.Option(help="Processes for DDP via torchrun (torch models).")] = 1,
+    force: Annotated[bool, typer.Option(help="Retrain even when a cached result exists.")] = False,
+) -> None:
+    """Train and register candidates on the data pinned by data.dvc (no promotion)."""
+    settings, cfg = _setup(config)
+    from flows.pipeline import train as train_flow
+
+    try:
+        results = train_flow(settings, cfg, config_name=config, only=candidate, nproc=nproc, force=force)
+    except Exception as error:
+        _fail("train", error)
+    for task_name, rows in results.items():
+        for r in rows:
+            typer.echo(f"{task_name}: {r['candidate']} v{r['version']} val {json.dumps(r['val'])}")
+
+
+@app.command()
+def promote(config: ConfigOption = "default") -> None:
+    """Let the best run of the current data version challenge the champion."""
+    settings, cfg = _setup(config)
+    from prefect import flow
+
+    from components.data.fingerprint import dataset_version
+    from flows.leaderboard import leaderboard
+    from flows.promote import promote as promote_task
+
+    @flow(name="promote")
+    def promote_flow():
+        decisions = []
+        for task_name in ("classification", "generation"):
+            task_spec = getattr(cfg, task_name)
+            if task_spec is None:
+                continue
+            version = dataset_version(settings.data_root / task_spec.dataset)
+            rows = [r for r in leaderboard(settings, cfg, {task_spec.dataset: version})
+                    if r["task"] == task_name and r["version"] and task_spec.metric in r["val"]]
+            if rows:
+                results = [{"candidate": r["model"], "version": r["version"], "val": r["val"]} for r in rows]
+                decisions.append(promote_task(settings, task_spec, results, version))
+        return decisions
+
+    for decision in promote_flow():
+        verb = "promoted" if decision["promoted"] else "kept"
+        typer.echo(f"{decision['registered_model']}: {verb} ({decision['reason']}); champion v{decision['champion_version']}")
+
+
+@app.command()
+def rollback(
+    config: ConfigOption = "default",
+    task: Annotated[str, typer.Option(help="classification or generation")] = "classification",
+) -> None:
+    """Give the champion alias back to the previous version, then rebuild the Bento."""
+    settings, cfg = _setup(config)
+    from prefect import flow
+
+    from flows.package import build as build_task
+    from flows.package import import_champion
+    from flows.promote import rollback as rollback_champion
+
+    @flow(name="rollback")
+    def rollback_flow():
+        outcome = rollback_champion(settings, getattr(cfg, task))
+        imported = {name: import_champion(settings, cfg, name) for name in ("classification", "generation")
+                    if getattr(cfg, name) is not None}
+        return outcome, build_task(settings, imported)
+
+    try:
+        outcome, bento_tag = rollback_flow()
+    except Exception as error:
+        _fail("rollback", error)
+    typer.echo(f"{outcome['registered_model']}: champion is v{outcome['champion_version']} again "
+               f"(v{outcome['replaced']} is now `previous`); Bento {bento_tag}")
+
+
+@app.command()
 def compare(
     config: ConfigOption = "default",
     as_json: Annotated[bool, typer.Option("--json", help="Print the leaderboard as JSON.")] = False,

@@ -23,7 +23,8 @@ def leaderboard(settings: Settings, config: PipelineConfig, versions: dict[str, 
         runs = tracking.search_runs(
             settings,
             experiment_name(task_spec),
-            f"tags.`maas.data_version` = '{data_version}' and attributes.status = 'FINISHED'",
+            f"tags.`maas.data_version` = '{data_version}' and attributes.status = 'FINISHED'"
+            " and tags.`maas.candidate` != ''",
         )
         aliases = tracking.version_aliases(settings, task_spec.registered_model)
         task_rows = []
@@ -44,6 +45,7 @@ def leaderboard(settings: Settings, config: PipelineConfig, versions: dict[str, 
                     "test": {m: metrics[f"test_{m}"] for m in SUMMARY_METRICS if f"test_{m}" in metrics},
                     "latency_ms_p50": metrics.get("latency_latency_ms_p50"),
                     "train_s": metrics.get("train_s"),
+                    "model_size_mb": metrics.get("model_size_mb"),
                     "alias": ",".join(sorted(run_aliases)) or None,
                 }
             )
@@ -51,3 +53,24 @@ def leaderboard(settings: Settings, config: PipelineConfig, versions: dict[str, 
         task_rows.sort(key=lambda r: sign * r["val"].get(task_spec.metric, float("-inf") * -sign))
         rows.extend(task_rows)
     return rows
+
+
+def log_comparison(settings: Settings, task_spec, rows: list[dict[str, Any]], data_version: str) -> str:
+    """A `comparison` run in the task's experiment holding the leaderboard and its chart."""
+    import tempfile
+    from pathlib import Path
+
+    from components.evaluation.charts import plot_metric_vs_latency
+
+    experiment_id = tracking.ensure_experiment(settings, experiment_name(task_spec))
+    run_id = tracking.start_run(
+        settings, experiment_id, f"comparison-{data_version[:8]}",
+        {"maas.kind": "comparison", "maas.data_version": data_version, "maas.dataset": task_spec.dataset},
+        {"metric": task_spec.metric, "candidates": len(rows)},
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = plot_metric_vs_latency(rows, task_spec.metric, Path(tmp) / "metric_vs_latency.png",
+                                       f"{task_spec.registered_model} @ {data_version[:8]}")
+        tracking.log_artifacts(settings, run_id, {"metric_vs_latency.png": chart, "leaderboard.json": rows})
+    tracking.end_run(settings, run_id)
+    return run_id

@@ -10,6 +10,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.config import PipelineConfig
 from flows.ingest import ensure_data, ingest
+from flows.leaderboard import leaderboard, log_comparison
 from flows.logs import run_logger
 from flows.package import build, import_champion
 from flows.promote import promote
@@ -17,16 +18,40 @@ from flows.settings import Settings
 from flows.train import code_version, train_candidate_task
 
 
-def train_task_candidates(settings, config, task_name, versions, force, config_name) -> list[dict[str, Any]]:
+def train_task_candidates(
+    settings, config, task_name, versions, force, config_name, only: list[str] | None = None, nproc: int = 1
+) -> list[dict[str, Any]]:
+    """One Prefect task per candidate (cached by data version, spec and code); returns their summaries."""
     task_spec = getattr(config, task_name)
     code = code_version()
+    candidates = [spec for spec in task_spec.candidates if not only or spec.name in only]
     futures = [
         train_candidate_task.with_options(
             refresh_cache=force, timeout_seconds=spec.timeout_s, task_run_name=f"train-{spec.name}"
-        ).submit(settings, task_spec, spec, versions[task_spec.dataset], versions["_repo"], code, config_name)
-        for spec in task_spec.candidates
+        ).submit(settings, task_spec, spec, versions[task_spec.dataset], versions["_repo"], code, config_name, nproc)
+        for spec in candidates
     ]
-    return [future.result() for future in futures]
+    results = []
+    for future in futures:
+        result = dict(future.result())
+        result["cached"] = future.state.name == "Cached"
+        results.append(result)
+    return results
+
+
+@flow(name="train", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
+def train(settings: Settings, config: PipelineConfig, config_name: str = "default", only: list[str] | None = None,
+          nproc: int = 1, force: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Train (and register) candidates on the data pinned by data.dvc, without promoting."""
+    versions = ensure_data(settings, config)
+    results = {}
+    for task_name in ("classification", "generation"):
+        task_spec = getattr(config, task_name)
+        names = {c.name for c in task_spec.candidates} if task_spec else set()
+        if task_spec is None or (only and not names & set(only)):
+            continue
+        results[task_name] = train_task_candidates(settings, config, task_name, versions, force, config_name, only, nproc)
+    return results
 
 
 def leaderboard_markdown(task_name: str, results: list[dict[str, Any]], decision: dict) -> str:
@@ -63,6 +88,10 @@ def pipeline(settings: Settings, config: PipelineConfig, config_name: str = "def
         logger.info("[3/4] promote %s", task_name)
         decision = promote(settings, task_spec, results, versions[task_spec.dataset])
         summary["tasks"][task_name] = {"results": results, "decision": decision}
+        if not all(r["cached"] for r in results):
+            data_version = versions[task_spec.dataset]
+            log_comparison(settings, task_spec, leaderboard(settings, config, {task_spec.dataset: data_version}),
+                           data_version)
         markdown.append(leaderboard_markdown(task_name, results, decision))
 
     logger.info("[4/4] package the champions as a Bento")

@@ -20,6 +20,8 @@ from components.config import ModelSpec, TaskSpec
 from components.data.dataset import ClassificationData, CorpusData, load_classification_data, load_corpus
 from components.evaluation.classification import flat_metrics, plot_confusion_matrix
 from components.evaluation.report import evaluate
+from components.predictor import Predictor, load_predictor
+from components.training import distributed
 from components.training.candidates import train_candidate
 from flows import tracking
 from flows.logs import run_logger
@@ -60,6 +62,26 @@ def _cache_key(context, parameters: dict[str, Any]) -> str:
     return "train-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def train_distributed(
+    spec: ModelSpec, dataset_folder: Path, workdir: Path, nproc: int, on_metrics
+) -> Predictor:
+    """Train under torchrun on `nproc` processes (DDP); rank 0 saves the bundle, we load it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec_file, out, metrics_file = workdir / "spec.json", workdir / "ddp-bundle", workdir / "metrics.jsonl"
+    spec_file.write_text(spec.model_dump_json())
+    distributed.launch(
+        nproc,
+        ["--spec", str(spec_file), "--data", str(dataset_folder), "--workdir", str(workdir / "ddp"),
+         "--out", str(out), "--metrics", str(metrics_file)],
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    if metrics_file.exists():
+        for line in metrics_file.read_text().splitlines():
+            record = json.loads(line)
+            on_metrics(record["metrics"], record["step"])
+    return load_predictor(out)
+
+
 def _input_example(data: ClassificationData | CorpusData) -> list[str]:
     if isinstance(data, ClassificationData):
         return [text[:500] for text in data.val_texts[:2]]
@@ -82,6 +104,7 @@ def train_candidate_task(
     repo_version: str,
     code: str,
     config_name: str,
+    nproc: int = 1,
 ) -> dict[str, Any]:
     """Train, evaluate, log and register one candidate; returns a small summary (no models)."""
     logger = run_logger()
@@ -98,14 +121,19 @@ def train_candidate_task(
         "maas.code_version": code,
         "mlflow.source.git.commit": tracking.git_commit(settings.project_dir),
     }
-    params = {"kind": model_spec.kind, **model_spec.params, **model_spec.training.model_dump()}
+    params = {"kind": model_spec.kind, "nproc": nproc, **model_spec.params, **model_spec.training.model_dump()}
     run_id = tracking.start_run(settings, experiment_id, model_spec.name, tags, params)
     metrics_logger = tracking.RunLogger(tracking.client(settings), run_id)
     workdir = settings.work_dir / run_id
     try:
         logger.info("training %s (%s) on %s@%s", model_spec.name, model_spec.kind, task_spec.dataset, dataset_version[:8])
         started = time.perf_counter()
-        predictor = train_candidate(model_spec, data, workdir / "train", metrics_logger)
+        if nproc > 1:
+            predictor = train_distributed(
+                model_spec, settings.data_root / task_spec.dataset, workdir / "train", nproc, metrics_logger
+            )
+        else:
+            predictor = train_candidate(model_spec, data, workdir / "train", metrics_logger)
         train_s = time.perf_counter() - started
         report = evaluate(predictor, data)
         val, test = _summary_metrics(report, tags["maas.task"])
@@ -124,6 +152,8 @@ def train_candidate_task(
             "run_id": run_id,
         }
         bundle_dir = predictor.save(workdir / "bundle")
+        size_mb = sum(f.stat().st_size for f in bundle_dir.rglob("*") if f.is_file()) / 1e6
+        metrics_logger({"model_size_mb": size_mb}, None)
         artifacts: dict[str, Any] = {"report.json": report, "model_spec.json": model_spec.model_dump(mode="json")}
         if tags["maas.task"] == "classification":
             artifacts["confusion_matrix_test.png"] = plot_confusion_matrix(
@@ -156,6 +186,7 @@ def train_candidate_task(
             "test": test,
             "latency_ms_p50": report["latency"]["latency_ms_p50"],
             "train_s": train_s,
+            "model_size_mb": size_mb,
         }
     except BaseException:
         metrics_logger.flush()
