@@ -113,6 +113,25 @@ class BehaviouralChecks(_Spec):
     must_pass: dict[str, list[str]] = Field(default_factory=dict)
 
 
+class ParamRange(_Spec):
+    """A numeric search range; `log` samples on a log scale."""
+
+    low: float
+    high: float
+    log: bool = False
+    type: Literal["float", "int"] = "float"
+
+
+class SweepSpec(_Spec):
+    """A hyperparameter search over one candidate: keys are `params` names or `training.<field>`."""
+
+    method: Literal["grid", "random", "optuna"] = "random"
+    trials: int = Field(8, ge=1)
+    parallel: int = Field(2, ge=1)
+    seed: int = 0
+    space: dict[str, list[Any] | ParamRange]
+
+
 class TaskSpec(_Spec):
     """The candidates trained on one dataset and the registered model they compete for."""
 
@@ -125,6 +144,8 @@ class TaskSpec(_Spec):
     # A challenger must beat the champion by more than this on `metric`.
     margin: float = 0.0
     checks: BehaviouralChecks = Field(default_factory=BehaviouralChecks)
+    # candidate name -> its search space, for `maas sweep`.
+    sweeps: dict[str, SweepSpec] = Field(default_factory=dict)
 
 
 class ServingSpec(_Spec):

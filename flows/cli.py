@@ -182,6 +182,37 @@ def rollback(
 
 
 @app.command()
+def sweep(
+    candidate: Annotated[str, typer.Argument(help="The candidate whose hyperparameters to search.")],
+    config: ConfigOption = "default",
+    method: Annotated[str | None, typer.Option(help="grid, random or optuna (default: the config's).")] = None,
+    trials: Annotated[int | None, typer.Option(help="Number of trials (default: the config's).")] = None,
+    runner: Annotated[str, typer.Option(help="Task runner: threads or processes.")] = "threads",
+) -> None:
+    """Search one candidate's hyperparameters; the best trial challenges the champion."""
+    settings, cfg = _setup(config)
+    from flows.sweep import find_task, task_runner
+    from flows.sweep import sweep as sweep_flow
+
+    _, task_spec = find_task(cfg, candidate)
+    spec = task_spec.sweeps.get(candidate)
+    if spec is None:
+        raise typer.BadParameter(f"no `sweeps: {candidate}` search space in config {config}")
+    spec = spec.model_copy(update={k: v for k, v in {"method": method, "trials": trials}.items() if v is not None})
+    try:
+        outcome = sweep_flow.with_options(task_runner=task_runner(runner, spec.parallel))(
+            settings, cfg, candidate, config_name=config, sweep_spec=spec)
+    except Exception as error:
+        _fail("sweep", error)
+    metric = task_spec.metric
+    for r in sorted(outcome["trials"], key=lambda r: r["val"][metric], reverse=task_spec.greater_is_better):
+        typer.echo(f"{r['candidate']}: val {metric} {r['val'][metric]:.4f}  run {r['run_id']}")
+    best, decision = outcome["best"], outcome["decision"]
+    typer.echo(f"best: {best['candidate']} -> {task_spec.registered_model} v{best['version']}; "
+               f"{'promoted' if decision['promoted'] else 'kept the champion'} ({decision['reason']})")
+
+
+@app.command()
 def compare(
     config: ConfigOption = "default",
     as_json: Annotated[bool, typer.Option("--json", help="Print the leaderboard as JSON.")] = False,

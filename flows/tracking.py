@@ -117,16 +117,8 @@ def log_artifacts(settings: Settings, run_id: str, files: Mapping[str, Path | st
                 mlflow_client.log_artifact(run_id, str(content))
 
 
-def log_and_register_model(
-    settings: Settings,
-    run_id: str,
-    bundle_dir: Path,
-    registered_model: str,
-    input_example: list[str],
-    needs_torch: bool,
-    version_tags: Mapping[str, str],
-) -> str:
-    """Log the bundle as a pyfunc model in `run_id`, register it, tag the version; returns the version."""
+def log_model(settings: Settings, run_id: str, bundle_dir: Path, input_example: list[str], needs_torch: bool) -> str:
+    """Log the bundle as a pyfunc model in `run_id`; returns its model URI."""
     client(settings)
     requirements = MODEL_REQUIREMENTS + (TORCH_REQUIREMENTS if needs_torch else [])
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
@@ -140,13 +132,32 @@ def log_and_register_model(
             code_paths=[str(COMPONENTS_DIR)],
             pip_requirements=requirements,
             input_example=input_example,
-            registered_model_name=registered_model,
         )
-    version = str(info.registered_model_version)
+    return info.model_uri
+
+
+def register_model(settings: Settings, model_uri: str, registered_model: str, tags: Mapping[str, str]) -> str:
+    """A new registry version of a logged model, tagged; returns the version."""
+    client(settings)
+    version = str(mlflow.register_model(model_uri, registered_model).version)
     mlflow_client = client(settings)
-    for key, value in version_tags.items():
+    for key, value in tags.items():
         mlflow_client.set_model_version_tag(registered_model, version, key, value)
     return version
+
+
+def log_and_register_model(
+    settings: Settings,
+    run_id: str,
+    bundle_dir: Path,
+    registered_model: str,
+    input_example: list[str],
+    needs_torch: bool,
+    version_tags: Mapping[str, str],
+) -> str:
+    """Log the bundle as a pyfunc model in `run_id`, register it, tag the version; returns the version."""
+    model_uri = log_model(settings, run_id, bundle_dir, input_example, needs_torch)
+    return register_model(settings, model_uri, registered_model, version_tags)
 
 
 def end_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:

@@ -58,6 +58,7 @@ def _cache_key(context, parameters: dict[str, Any]) -> str:
         "dataset": parameters["dataset_version"],
         "code": parameters["code"],
         "store": parameters["settings"].tracking_uri,
+        "register": parameters.get("register", True),
     }
     return "train-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -105,6 +106,8 @@ def train_candidate_task(
     code: str,
     config_name: str,
     nproc: int = 1,
+    parent_run_id: str | None = None,
+    register: bool = True,
 ) -> dict[str, Any]:
     """Train, evaluate, log and register one candidate; returns a small summary (no models)."""
     logger = run_logger()
@@ -121,6 +124,8 @@ def train_candidate_task(
         "maas.code_version": code,
         "mlflow.source.git.commit": tracking.git_commit(settings.project_dir),
     }
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id  # a sweep trial: nested under the sweep's run
     params = {"kind": model_spec.kind, "nproc": nproc, **model_spec.params, **model_spec.training.model_dump()}
     run_id = tracking.start_run(settings, experiment_id, model_spec.name, tags, params)
     metrics_logger = tracking.RunLogger(tracking.client(settings), run_id)
@@ -165,21 +170,23 @@ def train_candidate_task(
             samples.write_text("\n\n---\n\n".join(predictor.metadata["samples"]))
             artifacts["samples.txt"] = samples
         tracking.log_artifacts(settings, run_id, artifacts)
-        version = tracking.log_and_register_model(
-            settings,
-            run_id,
-            bundle_dir,
-            task_spec.registered_model,
-            _input_example(data),
-            needs_torch=model_spec.kind in TORCH_KINDS,
-            version_tags={"data_version": dataset_version, "candidate": model_spec.name, "run_id": run_id},
+        model_uri = tracking.log_model(
+            settings, run_id, bundle_dir, _input_example(data), needs_torch=model_spec.kind in TORCH_KINDS
         )
+        version = None
+        if register:
+            version = tracking.register_model(
+                settings, model_uri, task_spec.registered_model,
+                {"data_version": dataset_version, "candidate": model_spec.name, "run_id": run_id},
+            )
         tracking.end_run(settings, run_id)
-        logger.info("%s: val %s, registered as %s v%s", model_spec.name, _fmt(val), task_spec.registered_model, version)
+        logger.info("%s: val %s, %s", model_spec.name, _fmt(val),
+                    f"registered as {task_spec.registered_model} v{version}" if version else f"logged as {model_uri}")
         return {
             "candidate": model_spec.name,
             "kind": model_spec.kind,
             "run_id": run_id,
+            "model_uri": model_uri,
             "version": version,
             "data_version": dataset_version,
             "val": val,

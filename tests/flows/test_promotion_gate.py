@@ -8,39 +8,20 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
-import pandas as pd
 import pytest
 
-from components.config import BehaviouralChecks, DatasetSpec, ModelSpec, SourceSpec, TaskSpec
-from components.data.fingerprint import dataset_version
-from components.data.ingest import ingest_dataset
+from components.config import BehaviouralChecks, ModelSpec, TaskSpec
 from flows import tracking
 from flows.promote import promote, rollback
-from flows.settings import Settings
 from flows.train import code_version, train_candidate_task
-
-TOPICS = {
-    "sport": "match goal team player score league coach win cup",
-    "tech": "software chip computer internet phone data network code",
-    "politics": "election minister party vote parliament policy government law",
-}
+from tests.flows.conftest import topic_project
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     """A project with a small dataset, and two registered candidates: a good one and a weakened one."""
     project = tmp_path_factory.mktemp("gate-project")
-    rng = np.random.default_rng(0)
-    rows = []
-    for label, words in TOPICS.items():
-        vocabulary = words.split() + "the a of and to in on it".split()
-        rows += [{"text": " ".join(rng.choice(vocabulary, size=14)), "label": label} for _ in range(60)]
-    pd.DataFrame(rows).to_csv(project / "topics.csv", index=False)
-    dataset = DatasetSpec(name="topics", source=SourceSpec(kind="path", path="topics.csv"), test_fraction=0.2)
-    settings = Settings(project_dir=project, home=tmp_path_factory.mktemp("gate-home"))
-    ingest_dataset(dataset, settings.data_root, cache_dir=settings.download_cache, base_dir=project)
-    version = dataset_version(settings.data_root / "topics")
+    settings, version = topic_project(project, tmp_path_factory.mktemp("gate-home"))
 
     good = ModelSpec(name="good", kind="tfidf_logreg", params={"min_df": 1, "char_ngrams": None})
     weak = ModelSpec(name="weak", kind="tfidf_logreg",

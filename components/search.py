@@ -1,0 +1,71 @@
+"""Hyperparameter search spaces: grid and seeded random points, and applying a point to a spec.
+
+Optuna's sampler (flows/sweep.py) uses the same space through `suggest`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from typing import Any
+
+from components.config import ModelSpec, ParamRange, SweepSpec
+
+TRAINING_PREFIX = "training."
+
+
+def grid_points(sweep: SweepSpec) -> list[dict[str, Any]]:
+    """Every combination of the listed values (ranges are not allowed in a grid)."""
+    ranges = [name for name, values in sweep.space.items() if isinstance(values, ParamRange)]
+    if ranges:
+        raise ValueError(f"a grid needs lists of values, not ranges: {ranges}")
+    names = sorted(sweep.space)
+    points = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(sweep.space[n] for n in names))]
+    return points[: sweep.trials]
+
+
+def _sample(values: list[Any] | ParamRange, rng: random.Random) -> Any:
+    if isinstance(values, list):
+        return rng.choice(values)
+    if values.log:
+        value = math.exp(rng.uniform(math.log(values.low), math.log(values.high)))
+    else:
+        value = rng.uniform(values.low, values.high)
+    return int(round(value)) if values.type == "int" else value
+
+
+def random_points(sweep: SweepSpec) -> list[dict[str, Any]]:
+    """`trials` seeded random points: the same seed gives the same points."""
+    rng = random.Random(sweep.seed)
+    return [{name: _sample(sweep.space[name], rng) for name in sorted(sweep.space)} for _ in range(sweep.trials)]
+
+
+def suggest(trial: Any, sweep: SweepSpec) -> dict[str, Any]:
+    """A point from an Optuna trial (duck-typed: suggest_categorical / suggest_float / suggest_int)."""
+    point = {}
+    for name in sorted(sweep.space):
+        values = sweep.space[name]
+        if isinstance(values, list):
+            point[name] = trial.suggest_categorical(name, values)
+        elif values.type == "int":
+            point[name] = trial.suggest_int(name, int(values.low), int(values.high), log=values.log)
+        else:
+            point[name] = trial.suggest_float(name, values.low, values.high, log=values.log)
+    return point
+
+
+def apply_point(spec: ModelSpec, point: dict[str, Any], trial: int) -> ModelSpec:
+    """The candidate with the point's values: `training.lr` sets a TrainingSpec field, others set params."""
+    params = dict(spec.params)
+    training = spec.training.model_dump()
+    for name, value in point.items():
+        if name.startswith(TRAINING_PREFIX):
+            field = name.removeprefix(TRAINING_PREFIX)
+            if field not in training:
+                raise ValueError(f"unknown training field {field!r} in sweep space")
+            training[field] = value
+        else:
+            params[name] = value
+    return spec.model_copy(update={"name": f"{spec.name}-t{trial}", "params": params,
+                                   "training": spec.training.model_validate(training)})
