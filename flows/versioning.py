@@ -96,7 +96,14 @@ def pull(settings: Settings) -> None:
     """Fetch `data/` at the version pinned by data.dvc from the default remote."""
     if pinned_version(settings) is None:
         raise VersioningError(f"no {DVC_FILE} in {settings.project_dir}: run `maas ingest` first")
-    _dvc(settings, "pull", "--quiet")
+    try:
+        _dvc(settings, "pull", "--quiet")
+    except VersioningError as error:
+        raise VersioningError(
+            f"could not pull data/ at {pinned_version(settings)} from the DVC remote (a fresh clone's local "
+            "remote is empty): run `maas ingest` to rebuild it from the source, which reproduces the pinned "
+            f"version byte for byte.\n{error}"
+        ) from error
 
 
 def remote_holds(settings: Settings, version: str) -> bool:
