@@ -1,0 +1,160 @@
+"""LSTM and transformer classifiers: they learn, ignore padding, and round-trip through the bundle."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from components.config import ModelSpec, TrainingSpec
+from components.data.dataset import ClassificationData
+from components.models.lstm import LSTMClassifier, LSTMConfig
+from components.models.neural_classifier import NeuralClassifierPredictor, macro_f1, train
+from components.models.transformer_encoder import TransformerClassifier, TransformerConfig
+from components.predictor import load_predictor
+
+TOPICS = {
+    "food": "recipe bread cheese soup taste cook oven salad".split(),
+    "sport": "goal match team player score win league coach".split(),
+    "tech": "software chip phone computer data network code cloud".split(),
+}
+FILLER = "the a of and to in is was it for on with".split()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_split(n: int, rng: random.Random, skew: str | None = None) -> tuple[list[str], list[str]]:
+    texts, labels = [], []
+    for _ in range(n):
+        label = skew if skew and rng.random() < 0.5 else rng.choice(sorted(TOPICS))
+        words = [
+            rng.choice(TOPICS[label]) if rng.random() < 0.35 else rng.choice(FILLER)
+            for _ in range(rng.randint(4, 24))
+        ]
+        texts.append(" ".join(words))
+        labels.append(label)
+    return texts, labels
+
+
+@pytest.fixture(scope="module")
+def data() -> ClassificationData:
+    rng = random.Random(0)
+    # The validation split leans to one class, so the majority baseline is well above 1/3.
+    return ClassificationData(
+        *make_split(240, rng), *make_split(60, rng, skew="sport"), *make_split(20, rng), labels=sorted(TOPICS)
+    )
+
+
+def spec(kind: str, **params) -> ModelSpec:
+    training = TrainingSpec(device="cpu", epochs=3, batch_size=16, lr=3e-3, max_length=32, num_threads=1)
+    return ModelSpec(name=f"tiny-{kind}", kind=kind, params=params, training=training)
+
+
+def accuracy(predictor, texts, labels) -> float:
+    predicted = np.array(predictor.labels)[predictor.predict_proba(texts).argmax(axis=1)]
+    return float(np.mean(predicted == np.array(labels)))
+
+
+CASES = [
+    ("lstm", {"embed_dim": 64, "hidden_size": 64}),  # the default design, narrower
+    (
+        "lstm",
+        {"tokenizer": "bpe", "vocab_size": 300, "bidirectional": True, "pooling": "mean", "hidden_size": 32},
+    ),
+    ("transformer", {"vocab_size": 300, "dim": 64}),
+    ("transformer", {"tokenizer": "word", "dim": 32, "num_heads": 2, "num_layers": 1, "monitor": "val_loss"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "params"), CASES, ids=["lstm-word", "bilstm-bpe-mean", "transformer-bpe", "transformer-word"]
+)
+def test_learns_and_round_trips_through_the_bundle(kind, params, data, tmp_path):
+    metrics = []
+    predictor = train(spec(kind, **params), data, tmp_path / "work", lambda m, s: metrics.append(dict(m)))
+
+    losses = [m["train_loss"] for m in metrics if "train_loss" in m]
+    assert losses[-1] < 0.6 * losses[0]
+    majority = max(data.val_labels.count(label) for label in data.labels) / len(data.val_labels)
+    assert accuracy(predictor, data.val_texts, data.val_labels) > majority + 0.2
+    assert predictor.metadata["val_macro_f1"] > 0.7
+
+    proba = predictor.predict_proba(data.test_texts)
+    assert proba.shape == (len(data.test_texts), 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+
+    loaded = load_predictor(predictor.save(tmp_path / "bundle"))
+    assert (
+        isinstance(loaded, NeuralClassifierPredictor) and loaded.kind == kind and loaded.labels == data.labels
+    )
+    np.testing.assert_allclose(loaded.predict_proba(data.test_texts), proba, rtol=1e-5, atol=1e-7)
+
+
+def test_predict_handles_empty_inputs_and_unknown_words(data, tmp_path):
+    predictor = train(spec("lstm", hidden_size=16, embed_dim=16), data, tmp_path, lambda m, s: None)
+    assert predictor.predict_proba([]).shape == (0, 3)
+    proba = predictor.predict_proba(["", "zzz qqq never seen", "goal " * 500])
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    assert predictor.predict(["goal match team"])[0]["label"] in data.labels
+
+
+def test_training_resumes_from_its_checkpoint(data, tmp_path):
+    s = spec("transformer", vocab_size=300, dim=32, num_heads=2, num_layers=1)
+    s = s.model_copy(update={"training": s.training.model_copy(update={"checkpoint_every": 5})})
+    first = train(s, data, tmp_path, lambda m, step: None)
+    assert (tmp_path / "checkpoints" / "checkpoint.pt").is_file()
+    records = []
+    again = train(s, data, tmp_path, lambda m, step: records.append(m))  # resumes a finished run: no steps
+    assert not any("train_loss" in m for m in records)
+    np.testing.assert_allclose(
+        again.predict_proba(data.val_texts), first.predict_proba(data.val_texts), atol=1e-6
+    )
+
+
+def test_unknown_or_bad_params_are_errors(data, tmp_path):
+    with pytest.raises(ValueError, match="unknown lstm params"):
+        train(spec("lstm", hidden=64), data, tmp_path, lambda m, s: None)
+    with pytest.raises(ValueError, match="tokenizer"):
+        train(spec("transformer", tokenizer="chars"), data, tmp_path, lambda m, s: None)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        LSTMClassifier(LSTMConfig(vocab_size=30, num_classes=3, dropout=0.0)),
+        LSTMClassifier(
+            LSTMConfig(vocab_size=30, num_classes=3, bidirectional=True, pooling="mean", dropout=0.0)
+        ),
+        TransformerClassifier(
+            TransformerConfig(vocab_size=30, num_classes=3, max_length=16, dim=16, num_heads=2, dropout=0.0)
+        ),
+    ],
+    ids=["lstm", "bilstm-mean", "transformer"],
+)
+def test_padding_does_not_change_the_logits(model):
+    model.eval()
+    ids = torch.randint(2, 30, (3, 9))
+    lengths = torch.tensor([9, 4, 1])
+    for row, n in enumerate(lengths):
+        ids[row, n:] = 0
+    logits = model(ids, lengths)  # (B, C)
+    assert logits.shape == (3, 3)
+    alone = torch.cat([model(ids[r : r + 1, : lengths[r]], lengths[r : r + 1]) for r in range(3)])
+    wider = model(torch.cat([ids, torch.zeros(3, 4, dtype=torch.long)], dim=1), lengths)
+    torch.testing.assert_close(alone, logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(wider, logits, atol=1e-5, rtol=1e-5)
+
+
+def test_macro_f1_matches_its_definition():
+    y_true = np.array([0, 0, 1, 1, 2])
+    y_pred = np.array([0, 1, 1, 1, 0])
+    # class 0: tp 1 fp 1 fn 1 -> 0.5; class 1: tp 2 fp 1 fn 0 -> 0.8; class 2: 0
+    assert macro_f1(y_true, y_pred, 3) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
