@@ -75,7 +75,9 @@ def _clean_metadata(value: Any) -> Any:
     return str(value)
 
 
-def import_bundle(bundle_dir: str | Path, *, name: str, labels: dict[str, Any], metadata: dict[str, Any]) -> str:
+def import_bundle(
+    bundle_dir: str | Path, *, name: str, labels: dict[str, Any], metadata: dict[str, Any]
+) -> str:
     """Copy a Predictor bundle into the BentoML store as a new version of model `name`.
 
     The bundle's files sit at the model's root (``<model path>/bundle.json``), so the service
@@ -121,9 +123,13 @@ def latest_bento(name: str = BENTO_NAME) -> bentoml.Bento | None:
 def delete_model(tag: str, *, force: bool = False) -> None:
     """Delete a model version; refuses while a Bento in the store still serves it (unless `force`)."""
     model_tag = str(bentoml.models.get(tag).tag)
-    users = [str(b.tag) for b in bentoml.bentos.list() if model_tag in {str(m.tag) for m in b.info.all_models}]
+    users = [
+        str(b.tag) for b in bentoml.bentos.list() if model_tag in {str(m.tag) for m in b.info.all_models}
+    ]
     if users and not force:
-        raise ValueError(f"model {model_tag} is packed in Bento(s) {users}: delete those first or pass force=True")
+        raise ValueError(
+            f"model {model_tag} is packed in Bento(s) {users}: delete those first or pass force=True"
+        )
     bentoml.models.delete(model_tag)
 
 
@@ -174,8 +180,8 @@ def pinned_models() -> dict[str, str]:
     return args
 
 
-def build_bento(project_dir: str | Path, *, labels: dict[str, Any]) -> str:
-    """Build ``project_dir/bentofile.yaml`` into a Bento labelled with `labels`; returns its tag.
+def build_bento(project_dir: str | Path, *, labels: dict[str, Any], bentofile: str = "bentofile.yaml") -> str:
+    """Build ``project_dir/<bentofile>`` into a Bento labelled with `labels`; returns its tag.
 
     The build runs ``bentoml build`` in a child process (a fresh import of ``service.py``, its
     full output kept for the error message) against this process's BentoML home, with the
@@ -183,12 +189,14 @@ def build_bento(project_dir: str | Path, *, labels: dict[str, Any]) -> str:
     succeeded, so a failed build raises BentoBuildError and leaves the previous Bento in place.
     """
     project_dir = Path(project_dir).resolve()
-    bentofile = project_dir / "bentofile.yaml"
+    bentofile = project_dir / bentofile
     if not bentofile.is_file():
         raise FileNotFoundError(f"{bentofile} does not exist")
     args = pinned_models()
     if args["classifier"] == NO_MODEL:
-        raise BentoBuildError(f"no '{CLASSIFIER_MODEL}' model in the BentoML store: import one before building")
+        raise BentoBuildError(
+            f"no '{CLASSIFIER_MODEL}' model in the BentoML store: import one before building"
+        )
     command = [sys.executable, "-m", "bentoml", "build", str(project_dir), "-f", str(bentofile), "-o", "tag"]
     for key, value in sanitize_labels(labels).items():
         command += ["--label", f"{key}={value}"]
@@ -200,7 +208,9 @@ def build_bento(project_dir: str | Path, *, labels: dict[str, Any]) -> str:
             command, cwd=project_dir, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
         )
     except subprocess.TimeoutExpired as exc:
-        raise BentoBuildError(f"bentoml build timed out after {BUILD_TIMEOUT_S} s:\n{exc.stdout}\n{exc.stderr}") from exc
+        raise BentoBuildError(
+            f"bentoml build timed out after {BUILD_TIMEOUT_S} s:\n{exc.stdout}\n{exc.stderr}"
+        ) from exc
     output = f"{result.stdout}\n{result.stderr}".strip()
     if result.returncode != 0:
         raise BentoBuildError(f"bentoml build failed (exit {result.returncode}):\n{output}")
@@ -214,6 +224,18 @@ def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("BENTOML_DO_NOT_TRACK", "True")
     return env
+
+
+def containerize_command(tag: str, image: str | None = None) -> list[str]:
+    """The `bentoml containerize` command for a Bento, its labels copied onto the image.
+
+    Docker is not run here: the pipeline prints this for the machine that has it.
+    """
+    bento = bentoml.bentos.get(tag)
+    command = ["bentoml", "containerize", str(bento.tag), "-t", image or str(bento.tag)]
+    for key, value in sorted(bento.info.labels.items()):
+        command += ["--opt", f"label=ai.maas.{key}={value}"]
+    return command
 
 
 def describe_bento(tag: str) -> dict[str, Any]:

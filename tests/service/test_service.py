@@ -1,0 +1,297 @@
+"""The service in this process (starlette TestClient over ``MaasService.to_asgi()``).
+
+Its models come from the session BentoML home: the tiny TF-IDF classifier (limits: 8 texts,
+500 characters, 32 new tokens, 200 prompt characters) and a generator.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+from starlette.testclient import TestClient
+
+from components.predictor import load_predictor
+
+GOOD = {"texts": ["the team scored a late goal to win the cup"]}
+
+
+@pytest.fixture(scope="module")
+def service(import_service, classifier_tag, generator_model):
+    return import_service(
+        "maas_service_full", {"classifier": classifier_tag, "generator": generator_model.tag}
+    )
+
+
+@pytest.fixture(scope="module")
+def classifier_only(import_service, classifier_tag):
+    return import_service("maas_service_classifier_only", {"classifier": classifier_tag, "generator": "none"})
+
+
+def asgi_app(module):
+    """A fresh ASGI app of the module's service. Prometheus metrics are off: each app would register
+    them again in this process (/metrics is checked on the served Bento)."""
+    module.MaasService.config["metrics"] = {"enabled": False}
+    return module.MaasService.to_asgi()
+
+
+@pytest.fixture(scope="module")
+def client(service) -> Iterator[TestClient]:
+    with TestClient(asgi_app(service), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def access_log() -> Iterator[list[dict]]:
+    records: list[dict] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(json.loads(record.getMessage()))
+
+    handler = Collect()
+    logging.getLogger("maas.access").addHandler(handler)
+    yield records
+    logging.getLogger("maas.access").removeHandler(handler)
+
+
+def assert_good_request_works(client: TestClient) -> None:
+    response = client.post("/classify", json=GOOD)
+    assert response.status_code == 200, response.text
+    assert response.json()[0]["label"] == "sport"
+
+
+def test_model_names_match_the_adapter(service):
+    from flows import bento
+
+    assert (service.CLASSIFIER_MODEL, service.GENERATOR_MODEL) == (
+        bento.CLASSIFIER_MODEL,
+        bento.GENERATOR_MODEL,
+    )
+    assert service.NO_MODEL == bento.NO_MODEL
+
+
+def test_classify_equals_the_bundle(client, classifier_bundle, sample_texts):
+    expected = load_predictor(classifier_bundle).predict(sample_texts[:8])
+    response = client.post("/classify", json={"texts": sample_texts[:8]})
+    assert response.status_code == 200, response.text
+    items = response.json()
+    assert [item["label"] for item in items] == [item["label"] for item in expected]
+    for item, want in zip(items, expected, strict=True):
+        assert item["model_version"] == "7"
+        assert item["probabilities"] == pytest.approx(want["probabilities"], abs=1e-12)
+        assert sum(item["probabilities"].values()) == pytest.approx(1.0)
+
+
+def test_unbatched_and_echo(client, sample_texts):
+    texts = sample_texts[:3]
+    batched = client.post("/classify", json={"texts": texts}).json()
+    unbatched = client.post("/classify_unbatched", json={"texts": texts})
+    assert unbatched.status_code == 200
+    assert unbatched.json() == batched
+    echo = client.post("/echo", json={"texts": texts})
+    assert echo.status_code == 200 and echo.json() == texts
+
+
+def test_limits_come_from_the_model_metadata(service):
+    assert (service.SERVING.max_texts, service.SERVING.max_chars) == (8, 500)
+    assert service.SERVING.max_batch_size == 64  # a default: not in the imported metadata
+
+
+too_long = "x" * 501
+BAD_CLASSIFY = {
+    "no texts": ({"json": {"texts": []}}, 400, "at least 1 item"),
+    "too many texts": ({"json": {"texts": ["a"] * 9}}, 400, "at most 8 items"),
+    "text too long": ({"json": {"texts": ["ok", too_long]}}, 400, "at most 500 characters"),
+    "empty string": ({"json": {"texts": [""]}}, 400, "at least 1 character"),
+    "non-string item": ({"json": {"texts": ["ok", 3]}}, 400, "valid string"),
+    "null item": ({"json": {"texts": [None]}}, 400, "valid string"),
+    "texts not a list": ({"json": {"texts": "one text"}}, 400, "valid array"),
+    "missing field": ({"json": {"text": ["typo"]}}, 400, "Field required"),
+    "top-level list": ({"json": ["a"]}, 400, "Input should be an object"),
+    "malformed JSON": ({"content": b'{"texts": ["a"'}, 400, "Invalid JSON"),
+    "non-UTF-8 bytes": ({"content": b'{"texts": ["\xff\xfe"]}'}, 400, "Invalid JSON"),
+    "lone surrogate": ({"content": b'{"texts": ["\\ud800"]}'}, 400, "Invalid JSON"),
+    "empty body": ({"content": b""}, 400, "Field required"),
+    "wrong content type": (
+        {"content": b"texts=a", "headers": {"content-type": "text/plain"}},
+        415,
+        "application/json",
+    ),
+    "form content type": ({"data": {"texts": "a"}}, 415, "application/json"),
+    "bad content length": ({"content": b"{}", "headers": {"content-length": "abc"}}, 400, "Content-Length"),
+}
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, status, message", list(BAD_CLASSIFY.values()), ids=list(BAD_CLASSIFY)
+)
+@pytest.mark.parametrize("endpoint", ["/classify", "/classify_unbatched"])
+def test_bad_classify_input_is_a_4xx_and_the_service_keeps_working(
+    client, endpoint, request_kwargs, status, message
+):
+    response = client.post(endpoint, **request_kwargs)
+    assert response.status_code == status, response.text
+    assert message in response.text
+    assert_good_request_works(client)
+
+
+def test_over_large_bodies_are_refused_before_parsing(client, service):
+    limit = service.MAX_BODY_BYTES
+    response = client.post("/classify", content=b"x" * (limit + 1))
+    assert response.status_code == 413 and "over" in response.json()["error"]
+
+    def chunks():  # no Content-Length: the body is counted as it arrives
+        for _ in range(limit // 65536 + 2):
+            yield b"x" * 65536
+
+    response = client.post("/classify", content=chunks())
+    assert response.status_code == 413
+    assert_good_request_works(client)
+
+
+BAD_GENERATE = {
+    "temperature 0": ({"temperature": 0}, "greater than 0"),
+    "negative temperature": ({"temperature": -1}, "greater than 0"),
+    "top_k negative": ({"top_k": -1}, "greater than or equal to 0"),
+    "top_p 0": ({"top_p": 0}, "greater than 0"),
+    "top_p above 1": ({"top_p": 1.5}, "less than or equal to 1"),
+    "max_new_tokens 0": ({"max_new_tokens": 0}, "greater than or equal to 1"),
+    "max_new_tokens over the cap": ({"max_new_tokens": 33}, "less than or equal to 32"),
+    "negative seed": ({"seed": -1}, "greater than or equal to 0"),
+    "huge seed": ({"seed": 2**64}, "less than or equal to"),
+    "float seed": ({"seed": 1.5}, "valid integer"),
+    "string temperature": ({"temperature": "hot"}, "valid number"),
+    "empty prompt": ({"prompt": ""}, "at least 1 character"),
+    "prompt too long": ({"prompt": "a" * 201}, "at most 200 characters"),
+}
+
+
+@pytest.mark.parametrize("override, message", list(BAD_GENERATE.values()), ids=list(BAD_GENERATE))
+def test_bad_generate_input_is_a_400(client, override, message):
+    response = client.post("/generate", json={"prompt": "the team", "max_new_tokens": 5, **override})
+    assert response.status_code == 400, response.text
+    assert message in response.text
+    assert client.post("/generate", json={"prompt": "the team", "max_new_tokens": 3}).status_code == 200
+
+
+def test_generate_missing_prompt_is_a_400(client):
+    response = client.post("/generate", json={"max_new_tokens": 3})
+    assert response.status_code == 400 and "prompt" in response.text
+
+
+def test_generate_is_deterministic_for_a_seed(client):
+    request = {
+        "prompt": "the team",
+        "max_new_tokens": 12,
+        "temperature": 0.8,
+        "top_k": 5,
+        "top_p": 0.9,
+        "seed": 42,
+    }
+    first = client.post("/generate", json=request)
+    assert first.status_code == 200, first.text
+    assert first.json() == client.post("/generate", json=request).json()
+    assert first.json()["seed"] == 42 and first.json()["model_version"] == "3"
+    assert isinstance(first.json()["text"], str) and first.json()["text"]
+    others = {client.post("/generate", json={**request, "seed": seed}).json()["text"] for seed in range(5)}
+    assert len(others) > 1
+
+
+def test_generate_without_seed_reports_the_seed_it_used(client):
+    first = client.post("/generate", json={"prompt": "the team", "max_new_tokens": 6}).json()
+    again = client.post(
+        "/generate", json={"prompt": "the team", "max_new_tokens": 6, "seed": first["seed"]}
+    ).json()
+    assert again["text"] == first["text"]
+
+
+def test_a_model_refusing_the_prompt_is_a_400(client, generator_model, monkeypatch):
+    import bentoml
+
+    predictor_class = type(load_predictor(bentoml.models.get(generator_model.tag).path))
+
+    def refuse(self, prompt, **kwargs):
+        raise ValueError("prompt has characters outside the vocabulary: '\\x00'")
+
+    monkeypatch.setattr(predictor_class, "generate", refuse)
+    response = client.post("/generate", json={"prompt": "bad \x00 prompt", "max_new_tokens": 3})
+    assert response.status_code == 400 and "outside the vocabulary" in response.json()["error"]
+    monkeypatch.undo()
+    assert client.post("/generate", json={"prompt": "the team", "max_new_tokens": 3}).status_code == 200
+
+
+def test_generate_without_a_generator(classifier_only):
+    with TestClient(asgi_app(classifier_only)) as client:
+        response = client.post("/generate", json={"prompt": "hello"})
+        assert response.status_code == 404
+        assert response.json() == {"error": "no generation model in this Bento"}
+        info = client.post("/info").json()
+        assert list(info["models"]) == ["classifier"]
+        assert_good_request_works(client)
+
+
+def test_info_names_models_and_versions(client, classifier_tag, generator_model):
+    info = client.post("/info")
+    assert info.status_code == 200
+    body = info.json()
+    assert (body["service"], body["bento"]) == ("maas", "")  # served from source, not from a Bento
+    assert body["models"]["classifier"] == {
+        "bento_model": classifier_tag,
+        "model_name": "maas-bbc",
+        "model_version": "7",
+        "data_version": "md5-abc123.dir",  # sanitised by import_bundle
+        "kind": "tfidf_logreg",
+        "labels": ["food", "sport", "tech"],
+    }
+    generator = body["models"]["generator"]
+    assert generator["bento_model"] == generator_model.tag
+    assert (generator["model_name"], generator["model_version"]) == ("maas-shakespeare", "3")
+    assert body["limits"]["max_texts"] == 8
+
+
+def test_probes_answer(client):
+    for path in ("/healthz", "/livez", "/readyz"):
+        assert client.get(path).status_code == 200
+
+
+def test_bearer_token_auth(service, monkeypatch, access_log):
+    secret = "s3cret-token-value"
+    monkeypatch.setenv("MAAS_API_TOKEN", secret)
+    with TestClient(asgi_app(service)) as client:
+        assert client.post("/classify", json=GOOD).status_code == 401
+        wrong = client.post("/classify", json=GOOD, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+        assert (
+            client.post("/classify", json=GOOD, headers={"Authorization": f"Basic {secret}"}).status_code
+            == 401
+        )
+        assert client.post("/info").status_code == 401
+        ok = client.post("/classify", json=GOOD, headers={"Authorization": f"Bearer {secret}"})
+        assert ok.status_code == 200
+        lower = client.post("/classify", json=GOOD, headers={"authorization": f"bearer {secret}"})
+        assert lower.status_code == 200
+        for path in ("/healthz", "/livez", "/readyz"):
+            assert client.get(path).status_code == 200
+    assert access_log and all(secret not in json.dumps(line) for line in access_log)
+
+
+def test_auth_is_off_without_the_variable(client):
+    assert (
+        client.post("/classify", json=GOOD, headers={"Authorization": "Bearer anything"}).status_code == 200
+    )
+
+
+def test_one_json_log_line_per_request(client, access_log):
+    secret_text = "a very private sentence about the cup final"
+    client.post("/classify", json={"texts": [secret_text, "chip"]})
+    client.post("/classify", json={"texts": []})
+    client.get("/healthz")
+    assert [(line["endpoint"], line["n_texts"], line["status"]) for line in access_log] == [
+        ("/classify", 2, 200),
+        ("/classify", None, 400),
+    ]
+    assert all(line["latency_ms"] >= 0 and line["method"] == "POST" for line in access_log)
+    assert secret_text not in json.dumps(access_log)
