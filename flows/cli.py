@@ -286,5 +286,44 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000) -> 
     sys.exit(subprocess.call(ui_command(settings, port)))
 
 
+@app.command()
+def retrain(
+    config: ConfigOption = "default",
+    force: Annotated[bool, typer.Option(help="Retrain even when the data and the code did not change.")] = False,
+) -> None:
+    """Retrain only what changed: what the scheduled deployment runs (nothing new: nothing changes)."""
+    settings, _ = _setup(config)
+    from flows.retrain import FAILURE_FILE
+    from flows.retrain import retrain as retrain_flow
+
+    try:
+        summary = retrain_flow(config=config, force=force)
+    except Exception as error:
+        typer.secho(f"What failed and what was left unchanged: {settings.home / FAILURE_FILE}", err=True)
+        _fail("retrain", error)
+    _print_summary(summary)
+    typer.echo("\n".join(summary["changes"]))
+
+
+@app.command()
+def schedule(
+    config: ConfigOption = "default",
+    port: Annotated[int, typer.Option(help="Port of the local Prefect server on 127.0.0.1.")] = 4200,
+    cron: Annotated[str | None, typer.Option(help="Another cron schedule than prefect.yaml's.")] = None,
+    run_now: Annotated[bool, typer.Option("--run-now", help="Also trigger one run right away.")] = False,
+) -> None:
+    """Start a local Prefect server and serve the scheduled retrain deployment (Ctrl-C stops both).
+
+    With PREFECT_API_URL set, serves on that server instead of starting one.
+    """
+    settings, _ = _setup(config)
+    from flows.schedule import serve_retrain
+
+    try:
+        serve_retrain(settings, config, port=port, cron=cron, run_now=run_now)
+    except (RuntimeError, TimeoutError) as error:
+        _fail("schedule", error)
+
+
 if __name__ == "__main__":
     app()

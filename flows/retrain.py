@@ -62,16 +62,24 @@ TASKS = ("classification", "generation")
 # --------------------------------------------------------------------------- retries
 
 
-def _transient(task, task_run, state) -> bool:
-    """Retry only what may pass on a second try: network, disk, DVC and MLflow errors."""
+# MLflow's REST client already retries HTTP 429/5xx itself; these codes are what is left.
+TRANSIENT_MLFLOW_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"}
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a second try may pass: network and disk errors, DVC commands, MLflow server errors."""
     from mlflow.exceptions import MlflowException
 
+    if isinstance(error, MlflowException):
+        return error.error_code in TRANSIENT_MLFLOW_CODES
+    return isinstance(error, OSError | versioning.VersioningError)
+
+
+def _transient(task, task_run, state) -> bool:
     try:
         state.result()
-    except (OSError, versioning.VersioningError, MlflowException):
-        return True
-    except Exception:
-        return False
+    except Exception as error:
+        return is_transient(error)
     return False
 
 
@@ -263,12 +271,6 @@ def leaderboard_rows(task_name: str, results: list[dict[str, Any]], decision: di
     return rows
 
 
-def new_runs(settings: Settings, results: list[dict[str, Any]], since_ms: int) -> list[str]:
-    """Candidates whose MLflow run this flow run created (the others came from the cache)."""
-    mlflow_client = tracking.client(settings)
-    return [r["candidate"] for r in results if mlflow_client.get_run(r["run_id"]).info.start_time >= since_ms]
-
-
 def describe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     lines = []
     for label, old, new in [("data.dvc", before["data.dvc"], after["data.dvc"]), ("Bento", before["bento"], after["bento"])] + [
@@ -374,7 +376,6 @@ def retrain(config: str = "default", force: bool = False) -> dict[str, Any]:
     """
     logger = get_run_logger()
     started = time.perf_counter()
-    started_ms = int(time.time() * 1000)
     settings = Settings.from_env()
     settings.apply()
     cfg = load_config(resolve_config_path(config, settings.configs_dir))
@@ -396,7 +397,7 @@ def retrain(config: str = "default", force: bool = False) -> dict[str, Any]:
         results = train_task_candidates(settings, cfg, task_name, versions, force, config)
         logger.info("[3/4] promote %s", task_name)
         decision = promote.with_options(**OUTSIDE)(settings, task_spec, results, versions[task_spec.dataset])
-        trained = new_runs(settings, results, started_ms)
+        trained = [r["candidate"] for r in results if not r.get("cached")]
         summary["tasks"][task_name] = {"results": results, "decision": decision, "trained": trained}
 
     logger.info("[4/4] package the champions as a Bento")

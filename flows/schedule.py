@@ -1,0 +1,197 @@
+"""`maas schedule`: a local Prefect server and the scheduled `retrain` deployment, served.
+
+One command, and a newcomer sees a scheduled retrain happen (in the log, and in the UI):
+
+1. a Prefect server on 127.0.0.1: `prefect server start` as a child process in its own
+   session, its database under PREFECT_HOME (MAAS_HOME/prefect), its log in
+   `server.log` there; skipped when PREFECT_API_URL already names a server;
+2. the `retrain` deployment of prefect.yaml (name, cron schedule, timezone, parameters)
+   served by a Prefect runner in this process: each run executes in a subprocess, one
+   at a time;
+3. with `run_now`, one flow run right away.
+
+Ctrl-C (or SIGTERM) stops the runner, which pauses the schedule, then stops the server.
+For workers, work pools (process, Docker, Kubernetes) and remote servers see
+docs/orchestration.md.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flows.settings import Settings
+
+PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
+DEPLOYMENT = "retrain"
+SERVER_READY_TIMEOUT_S = 180
+SERVER_STOP_TIMEOUT_S = 30
+
+
+def deployment_settings(name: str = DEPLOYMENT, path: Path = PREFECT_YAML) -> dict[str, Any]:
+    """Name, entrypoint, cron, timezone, parameters and work pool of a deployment in prefect.yaml."""
+    document = yaml.safe_load(Path(path).read_text()) or {}
+    for entry in document.get("deployments") or []:
+        if entry.get("name") != name:
+            continue
+        crons = [s for s in entry.get("schedules") or [] if "cron" in s]
+        return {
+            "name": name,
+            "entrypoint": entry["entrypoint"],
+            "cron": crons[0]["cron"] if crons else None,
+            "timezone": crons[0].get("timezone") if crons else None,
+            "parameters": dict(entry.get("parameters") or {}),
+            "work_pool": (entry.get("work_pool") or {}).get("name"),
+            "tags": list(entry.get("tags") or []),
+            "description": entry.get("description"),
+        }
+    raise KeyError(f"no deployment named {name!r} in {path}")
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def is_healthy(api_url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
+class LocalServer:
+    """A `prefect server start` child process."""
+
+    process: subprocess.Popen
+    api_url: str
+    log_path: Path
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def wait_until_healthy(self, timeout_s: float = SERVER_READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the Prefect server exited with {self.process.returncode}:\n{self.log_tail()}")
+            if is_healthy(self.api_url):
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"the Prefect server was not healthy after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = SERVER_STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM (a graceful uvicorn shutdown), then SIGKILL to its process group."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(settings: Settings, port: int, ui: bool = True) -> LocalServer:
+    """`prefect server start --host 127.0.0.1 --port <port>`, home under MAAS_HOME; waits until healthy."""
+    if port_in_use(port):
+        raise RuntimeError(
+            f"port {port} on 127.0.0.1 is taken: pass another --port, or set PREFECT_API_URL to the server there"
+        )
+    home = Path(os.environ.get("PREFECT_HOME") or settings.prefect_home)
+    home.mkdir(parents=True, exist_ok=True)
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    if not ui:
+        command.append("--no-ui")
+    log_path = home / "server.log"
+    with log_path.open("ab") as log:
+        # Its own session: Ctrl-C reaches this process only, which stops the runner first.
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = LocalServer(process, f"http://127.0.0.1:{port}/api", log_path)
+    server.wait_until_healthy()
+    return server
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def serve_retrain(
+    settings: Settings, config: str, *, port: int = 4200, cron: str | None = None, run_now: bool = False,
+    ui: bool = True,
+) -> None:
+    """Start (or reuse) a Prefect server and serve the retrain deployment until interrupted."""
+    spec = deployment_settings()
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # clean up the server on SIGTERM too
+    server = None
+    api_url = os.environ.get("PREFECT_API_URL")
+    try:
+        if api_url:
+            if not is_healthy(api_url):
+                raise RuntimeError(f"PREFECT_API_URL={api_url} does not answer /health")
+            print(f"Using the Prefect server at {api_url}")
+        else:
+            print(f"Starting a Prefect server on 127.0.0.1:{port} (log: {settings.prefect_home / 'server.log'})...")
+            server = start_server(settings, port, ui=ui)
+            api_url = server.api_url
+            os.environ["PREFECT_API_URL"] = api_url
+            print(f"Prefect server ready: UI http://127.0.0.1:{port}, API {api_url}")
+        _serve(spec, api_url, config, cron, run_now)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            print("Stopping the Prefect server...")
+            server.stop()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _serve(spec: dict[str, Any], api_url: str, config: str, cron: str | None, run_now: bool) -> None:
+    from prefect import serve
+    from prefect.deployments import run_deployment
+    from prefect.schedules import Cron
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.retrain import retrain
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        deployment = retrain.to_deployment(
+            name=spec["name"],
+            schedule=Cron(cron or spec["cron"], timezone=spec["timezone"]),
+            parameters={**spec["parameters"], "config": config},
+            description=spec["description"],
+            tags=spec["tags"],
+        )
+        full_name = f"{retrain.name}/{spec['name']}"
+        if run_now:
+            deployment.apply()
+            flow_run = run_deployment(full_name, timeout=0, as_subflow=False)
+            print(f"Triggered flow run {flow_run.name} of {full_name}: it starts within the runner's poll interval")
+        print(f"Serving {full_name} on cron '{cron or spec['cron']}' ({spec['timezone'] or 'UTC'}), config={config}. "
+              "Ctrl-C stops it.")
+        # One retrain at a time: two would race on data/, data.dvc and the champion alias.
+        serve(deployment, limit=1)
