@@ -15,7 +15,7 @@ from flows import bento, tracking
 from flows.logs import run_logger
 from flows.settings import Settings
 
-BENTO_MODEL_NAMES = {"classification": "maas-classifier", "generation": "maas-generator"}
+BENTO_MODEL_NAMES = {"classification": bento.CLASSIFIER_MODEL, "generation": bento.GENERATOR_MODEL}
 
 
 def _labels(registered_model: str, version, data_version: str) -> dict[str, str]:

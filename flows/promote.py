@@ -15,10 +15,10 @@ from filelock import FileLock
 from prefect import task
 
 from components.config import TaskSpec
-from components.data.dataset import ClassificationData
+from components.data.dataset import ClassificationData, CorpusData
 from components.evaluation.behaviour import run_checks
 from components.evaluation.classification import classification_metrics
-from components.predictor import ClassifierPredictor, load_predictor
+from components.predictor import ClassifierPredictor, GeneratorPredictor, load_predictor
 from flows import tracking
 from flows.logs import run_logger
 from flows.settings import Settings
@@ -55,7 +55,10 @@ def champion_score(settings: Settings, task_spec: TaskSpec, champion, dataset_ve
             return classification_metrics(data.val_labels, predictor.predict_proba(data.val_texts), predictor.labels)[
                 task_spec.metric
             ]
-        raise ValueError(f"cannot re-evaluate a {predictor.kind} champion on new data yet")
+        if isinstance(predictor, GeneratorPredictor) and isinstance(data, CorpusData):
+            metrics = predictor.evaluate(data.val_text, max_chars=predictor.metadata.get("eval_max_chars"))
+            return metrics[task_spec.metric]
+        raise ValueError(f"cannot score a {predictor.kind} champion on a {type(data).__name__}")
 
 
 def behaviour_report(settings: Settings, task_spec: TaskSpec, version: str) -> dict | None:

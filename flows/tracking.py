@@ -28,6 +28,12 @@ from flows.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Our pyfunc outputs are maps of mixed values (label, probabilities, text): MLflow warns on
+# every log and load that it cannot validate `Any`, and logs how it built the signature.
+warnings.filterwarnings("ignore", message=r".*Any type hint is inferred", category=UserWarning)
+warnings.filterwarnings("ignore", message=r".*Decorate your function with", category=UserWarning)
+logging.getLogger("mlflow.models.signature").setLevel(logging.WARNING)
+
 CHAMPION = "champion"
 PREVIOUS = "previous"
 PYFUNC_SCRIPT = Path(__file__).with_name("pyfunc_model.py")
@@ -117,7 +123,9 @@ def log_artifacts(settings: Settings, run_id: str, files: Mapping[str, Path | st
                 mlflow_client.log_artifact(run_id, str(content))
 
 
-def log_model(settings: Settings, run_id: str, bundle_dir: Path, input_example: list[str], needs_torch: bool) -> str:
+def log_model(
+    settings: Settings, run_id: str, bundle_dir: Path, input_example: list[str] | tuple[list[str], dict], needs_torch: bool
+) -> str:
     """Log the bundle as a pyfunc model in `run_id`; returns its model URI."""
     client(settings)
     requirements = MODEL_REQUIREMENTS + (TORCH_REQUIREMENTS if needs_torch else [])
@@ -151,7 +159,7 @@ def log_and_register_model(
     run_id: str,
     bundle_dir: Path,
     registered_model: str,
-    input_example: list[str],
+    input_example: list[str] | tuple[list[str], dict],
     needs_torch: bool,
     version_tags: Mapping[str, str],
 ) -> str:

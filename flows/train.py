@@ -83,10 +83,15 @@ def train_distributed(
     return load_predictor(out)
 
 
-def _input_example(data: ClassificationData | CorpusData) -> list[str]:
+# The sampling parameters a generation model takes through pyfunc's `params` (their schema
+# comes from this example; the values are the defaults of a `predict` call without params).
+GENERATION_PARAMS = {"max_new_tokens": 100, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+
+
+def _input_example(data: ClassificationData | CorpusData) -> list[str] | tuple[list[str], dict[str, Any]]:
     if isinstance(data, ClassificationData):
         return [text[:500] for text in data.val_texts[:2]]
-    return [data.val_text[:40]]
+    return [data.val_text[:40]], GENERATION_PARAMS
 
 
 def _summary_metrics(report: dict, task: str) -> tuple[dict[str, float], dict[str, float]]:

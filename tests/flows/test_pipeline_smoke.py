@@ -8,6 +8,8 @@ source leaves the version unchanged and a second pipeline run trains nothing new
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import make_project
@@ -94,3 +96,88 @@ def test_second_run_trains_nothing_new(smoke_run):
     assert len(tracking.search_runs(settings, experiment_name(task))) == runs_before
     assert again["tasks"]["classification"]["decision"]["promoted"] is False
     assert again["bento"] == summary["bento"]
+
+
+def test_compare_json_lists_the_leaderboard(smoke_run, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    settings, config, summary = smoke_run
+    monkeypatch.setenv("MAAS_PROJECT_DIR", str(settings.project_dir))
+    monkeypatch.setenv("MAAS_HOME", str(settings.home))
+    result = CliRunner().invoke(app, ["compare", "--config", "smoke", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [row for row in json.loads(result.output) if row["task"] == "classification"]
+    task = config.classification
+    assert {r["model"] for r in rows} == {c.name for c in task.candidates}
+    for row in rows:
+        assert row["task"] == "classification" and row["run_id"]
+        assert row["data_version"] == summary["data_versions"][task.dataset]
+        assert {"accuracy", "macro_f1"} <= set(row["val"]) and {"accuracy", "macro_f1"} <= set(row["test"])
+    assert [r["alias"] for r in rows].count("champion") == 1
+
+
+def test_every_candidate_round_trips_through_mlflow_pyfunc(smoke_run, tmp_path):
+    """What the registry holds is what was trained: pyfunc loading gives the bundle's answers."""
+    import mlflow
+
+    from components.data.dataset import load_classification_data, load_corpus
+    from components.predictor import load_predictor
+    from flows import tracking
+
+    settings, config, summary = smoke_run
+    texts = load_classification_data(settings.data_root / config.classification.dataset).test_texts[:6]
+    prompt = load_corpus(settings.data_root / config.generation.dataset).val_text[:20]
+    kinds = set()
+    for task_name, task in (("classification", config.classification), ("generation", config.generation)):
+        for result in summary["tasks"][task_name]["results"]:
+            kinds.add(result["kind"])
+            model = mlflow.pyfunc.load_model(result["model_uri"])
+            bundle = load_predictor(
+                tracking.download_bundle(settings, task.registered_model, result["version"], tmp_path / result["run_id"])
+            )
+            if task_name == "classification":
+                answers, expected = model.predict(texts), bundle.predict(texts)
+                assert [a["label"] for a in answers] == [e["label"] for e in expected], result["candidate"]
+                for answer, want in zip(answers, expected, strict=True):
+                    assert answer["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
+            else:
+                params = {"max_new_tokens": 12, "seed": 3}
+                text = model.predict([prompt], params=params)[0]["text"]
+                assert text == bundle.generate(prompt, **params) and len(text) > 0, result["candidate"]
+    assert kinds == {"tfidf_logreg", "lstm", "transformer", "pretrained", "gpt", "lstm_lm"}
+
+
+def test_served_bento_answers_like_the_registered_champions(smoke_run, tmp_path):
+    """The built Bento, served from the store, against the champions loaded from MLflow."""
+    import os
+
+    import httpx
+    import mlflow
+
+    from components.data.dataset import load_classification_data
+    from tests.service.conftest import serve
+
+    settings, config, summary = smoke_run
+    classifier = mlflow.pyfunc.load_model(f"models:/{config.classification.registered_model}@champion")
+    generator = mlflow.pyfunc.load_model(f"models:/{config.generation.registered_model}@champion")
+    texts = load_classification_data(settings.data_root / config.classification.dataset).test_texts
+    with serve(summary["bento"], Path(os.environ["BENTOML_HOME"]), tmp_path / "serve.log") as server:
+        served = []
+        for start in range(0, len(texts), 16):
+            response = httpx.post(f"{server.url}/classify", json={"texts": texts[start : start + 16]}, timeout=60)
+            assert response.status_code == 200, response.text
+            served += response.json()
+        params = {"max_new_tokens": 10, "seed": 7}
+        response = httpx.post(f"{server.url}/generate", json={"prompt": "The ", **params}, timeout=60)
+        assert response.status_code == 200, response.text
+        bad = httpx.post(f"{server.url}/generate", json={"prompt": "The ", "temperature": 0}, timeout=60)
+        assert bad.status_code == 400
+    expected = classifier.predict(texts)
+    assert [s["label"] for s in served] == [e["label"] for e in expected]
+    for answer, want in zip(served, expected, strict=True):
+        assert answer["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
+    assert response.json()["text"] == generator.predict(["The "], params=params)[0]["text"]
