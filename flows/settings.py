@@ -84,5 +84,8 @@ class Settings:
         os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # The components log progress (steps, loss, samples/s, validation) with plain `logging`:
+        # Prefect forwards those records to the run's log, the terminal and the UI.
+        os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "components")
         # The stores are found through these variables; a prompt would hang a scheduled run.
         os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")

@@ -28,7 +28,7 @@ def classification_metrics(y_true: Sequence[str], proba: np.ndarray, labels: Seq
     return {
         "accuracy": float(accuracy_score(y, pred)),
         "macro_f1": float(f1.mean()),
-        "log_loss": float(log_loss(y, np.clip(proba, 1e-12, 1.0), labels=list(range(len(labels))))),
+        "log_loss": float(log_loss(y, _normalised(proba), labels=list(range(len(labels))))),
         "per_class": {
             label: {
                 "precision": float(precision[i]),
@@ -40,6 +40,12 @@ def classification_metrics(y_true: Sequence[str], proba: np.ndarray, labels: Seq
         },
         "confusion_matrix": confusion_matrix(y, pred, labels=list(range(len(labels)))).tolist(),
     }
+
+
+def _normalised(proba: np.ndarray) -> np.ndarray:
+    """Rows that sum to one in float64 (float32 softmax rows miss by ~1e-7, which sklearn warns about)."""
+    clipped = np.clip(np.asarray(proba, dtype=np.float64), 1e-12, 1.0)
+    return clipped / clipped.sum(axis=1, keepdims=True)
 
 
 def flat_metrics(metrics: dict, prefix: str) -> dict[str, float]:
