@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
+
+from flows.sandbox import make_project  # noqa: E402
+
 BAR = 0.20
 # Task run name prefix -> the step it belongs to.
 STEPS = [
@@ -44,19 +47,6 @@ STEPS = [
     ("import-champion", "BentoML store import"),
     ("build-bento", "BentoML build"),
 ]
-
-
-def make_project(folder: Path) -> Path:
-    """A git + DVC project with this repo's configs, library code, bentofile and service."""
-    folder.mkdir(parents=True)
-    for name in ("configs", "components"):
-        shutil.copytree(REPO / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("bentofile.yaml", "service.py", ".gitignore", ".dvcignore"):
-        if (REPO / name).exists():
-            shutil.copy(REPO / name, folder / name)
-    shutil.copytree(REPO / ".dvc", folder / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp", "config.local"))
-    subprocess.run(["git", "init", "-q"], cwd=folder, check=True)
-    return folder
 
 
 def isolate(root: Path, verbose: bool) -> Path:

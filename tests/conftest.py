@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from flows.sandbox import make_project  # noqa: F401  (the flow tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
 _STATE = Path(tempfile.mkdtemp(prefix="maas-tests-"))
@@ -48,19 +49,6 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
-
-
-def make_project(folder: Path) -> Path:
-    """A throwaway git + DVC project holding this repo's configs, bentofile and service code."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("configs", "components"):
-        shutil.copytree(REPO / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("bentofile.yaml", "service.py", ".gitignore", ".dvcignore"):
-        if (REPO / name).exists():
-            shutil.copy(REPO / name, folder / name)
-    shutil.copytree(REPO / ".dvc", folder / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp", "config.local"))
-    subprocess.run(["git", "init", "-q"], cwd=folder, check=True)
-    return folder
 
 
 @pytest.fixture
