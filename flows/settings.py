@@ -8,6 +8,7 @@ the BentoML home, work folders. `MLFLOW_TRACKING_URI`, `PREFECT_API_URL`,
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,5 +88,6 @@ class Settings:
         # The components log progress (steps, loss, samples/s, validation) with plain `logging`:
         # Prefect forwards those records to the run's log, the terminal and the UI.
         os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "components")
+        logging.getLogger("components").setLevel(logging.INFO)  # Prefect adds handlers, not a level
         # The stores are found through these variables; a prompt would hang a scheduled run.
         os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
