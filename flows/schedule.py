@@ -146,6 +146,9 @@ def serve_retrain(
 ) -> None:
     """Start (or reuse) a Prefect server and serve the retrain deployment until interrupted."""
     spec = deployment_settings()
+    # A process started in the background by a script (or by a test runner that ignores
+    # SIGINT) inherits "ignore SIGINT", and Ctrl-C would never stop the runner: restore it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # clean up the server on SIGTERM too
     server = None
     api_url = os.environ.get("PREFECT_API_URL")
