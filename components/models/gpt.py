@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from components.models.config_checks import require_dropout, require_sizes
+
 Sampler = Callable[[torch.Tensor], torch.Tensor]  # logits (B, V) -> next ids (B, 1)
 
 
@@ -38,11 +40,8 @@ class GPTConfig:
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        require_sizes(self, ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"))
+        require_dropout(self.dropout)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from components.models.config_checks import require_dropout, require_sizes
+
 Sampler = Callable[[torch.Tensor], torch.Tensor]  # logits (B, V) -> next ids (B, 1)
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (n_layer, B, hidden_size)
 
@@ -30,11 +32,8 @@ class LSTMLMConfig:
     tie_weights: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_embd", "hidden_size", "n_layer"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        require_sizes(self, ("vocab_size", "block_size", "n_embd", "hidden_size", "n_layer"))
+        require_dropout(self.dropout)
 
     def to_dict(self) -> dict:
         return asdict(self)
