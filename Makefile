@@ -35,7 +35,7 @@ ui: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/gpt_shakespeare.py
-	$(BIN)/python benchmarks/serve_load.py
+	$(BIN)/python benchmarks/serve_load.py --suite
 
 lint: $(STAMP)
 	$(BIN)/ruff check components flows tests benchmarks service.py
