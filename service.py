@@ -161,6 +161,11 @@ def _describe(model: bentoml.Model, predictor: Predictor) -> ModelDescription:
     )
 
 
+async def _on_thread(thread: ThreadPoolExecutor, fn, *args):
+    """Run `fn(*args)` on a model's own thread without blocking the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(thread, fn, *args)
+
+
 def _load(model: bentoml.Model, expected: type[Predictor]) -> Predictor:
     predictor = load_predictor(model.path)
     if not isinstance(predictor, expected):
@@ -326,9 +331,9 @@ class MaasService:
             self.generator_info = _describe(self.generator_model, self.generator)
         context = bentoml.server_context  # names the Bento when served from one
         self.bento_tag = f"{context.bento_name}:{context.bento_version}" if context.bento_name else ""
-        # One model call at a time per model (they are CPU/GPU-bound), generation apart from classification.
-        # Always the same thread per model: with a pool, successive batches landed on different
-        # threads, each with its own malloc arena, and MiniLM's resident memory kept growing (+11 %).
+        # One model call at a time per model (they are CPU/GPU-bound), generation apart from
+        # classification, each always on the same thread: with a pool, successive batches landed on
+        # different threads, each with its own malloc arena, and MiniLM's resident memory kept growing (+11 %).
         self._classify_thread = ThreadPoolExecutor(1, thread_name_prefix="maas-classify")
         self._generate_thread = ThreadPoolExecutor(1, thread_name_prefix="maas-generate")
         self._classify_inline = self._batch_seconds() <= INLINE_BATCH_BUDGET_S
@@ -358,7 +363,7 @@ class MaasService:
     async def _classify(self, texts: list[str]) -> list[Classification]:
         if self._classify_inline:
             return self._predict(texts)
-        return await asyncio.get_running_loop().run_in_executor(self._classify_thread, self._predict, texts)
+        return await _on_thread(self._classify_thread, self._predict, texts)
 
     @bentoml.api(batchable=True, max_batch_size=SERVING.max_batch_size, max_latency_ms=SERVING.max_latency_ms)
     async def classify(self, texts: Texts) -> Annotated[list[Classification], JSON]:
@@ -403,7 +408,7 @@ class MaasService:
             seed=seed,
         )
         try:
-            text = await asyncio.get_running_loop().run_in_executor(self._generate_thread, run)
+            text = await _on_thread(self._generate_thread, run)
         except ValueError as exc:  # the model's own refusal, e.g. characters outside its vocabulary
             return _error(400, str(exc))
         return Generation(text=text, seed=seed, model_version=self.generator_info.model_version)

@@ -124,7 +124,11 @@ def log_artifacts(settings: Settings, run_id: str, files: Mapping[str, Path | st
 
 
 def log_model(
-    settings: Settings, run_id: str, bundle_dir: Path, input_example: list[str] | tuple[list[str], dict], needs_torch: bool
+    settings: Settings,
+    run_id: str,
+    bundle_dir: Path,
+    input_example: list[str] | tuple[list[str], dict],
+    needs_torch: bool,
 ) -> str:
     """Log the bundle as a pyfunc model in `run_id`; returns its model URI."""
     client(settings)
@@ -181,7 +185,9 @@ class RegisteredVersion:
     tags: dict[str, str]
 
 
-def get_alias_version(settings: Settings, registered_model: str, alias: str = CHAMPION) -> RegisteredVersion | None:
+def get_alias_version(
+    settings: Settings, registered_model: str, alias: str = CHAMPION
+) -> RegisteredVersion | None:
     """The version behind an alias, or None."""
     try:
         found = client(settings).get_model_version_by_alias(registered_model, alias)
@@ -249,6 +255,24 @@ def model_versions_for_run(settings: Settings, registered_model: str, run_id: st
         return []
 
 
-def ui_command(settings: Settings, port: int) -> list[str]:
-    return ["mlflow", "ui", "--backend-store-uri", settings.tracking_uri, "--host", "127.0.0.1", "--port", str(port)]
+def newest_version_of_candidate(settings: Settings, registered_model: str, candidate: str) -> str | None:
+    """The highest registry version that candidate `candidate` produced (its ``candidate`` tag)."""
+    try:
+        versions = client(settings).search_model_versions(f"name='{registered_model}'")
+    except MlflowException:
+        return None
+    mine = [int(v.version) for v in versions if v.tags.get("candidate") == candidate]
+    return str(max(mine)) if mine else None
 
+
+def ui_command(settings: Settings, port: int) -> list[str]:
+    return [
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        settings.tracking_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
