@@ -21,6 +21,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from components.config import ModelSpec
 from components.data.dataset import ClassificationData
 from components.evaluation.classification import classification_metrics
+from components.models.tfidf_inference import LinearTfidfScorer
 from components.predictor import ClassifierPredictor
 from components.training.callbacks import MetricsCallback
 
@@ -79,10 +80,14 @@ class TfidfPredictor(ClassifierPredictor):
         classes = [str(c) for c in pipeline.classes_]
         if classes != self.labels:
             raise ValueError(f"pipeline classes {classes} differ from labels {self.labels}")
+        # The same probabilities without scikit-learn's per-call overhead (components/models/tfidf_inference.py).
+        self._scorer = LinearTfidfScorer.from_pipeline(pipeline)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float64)
+        if self._scorer is not None:
+            return self._scorer.predict_proba(texts)
         return self.pipeline.predict_proba(list(texts))
 
     def _save_files(self, folder: Path) -> None:

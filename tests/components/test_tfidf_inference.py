@@ -1,0 +1,81 @@
+"""The lean TF-IDF scorer gives scikit-learn's own probabilities, for every pipeline shape it accepts."""
+
+import numpy as np
+import pytest
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import FeatureUnion, Pipeline
+
+from components.models.tfidf import DEFAULT_PARAMS, build_pipeline
+from components.models.tfidf_inference import LinearTfidfScorer
+
+WORDS = {
+    "sport": "match goal team player score league coach win",
+    "tech": "software chip computer internet phone data network code",
+    "politics": "election minister party vote parliament policy government law",
+}
+# Texts the vectorisers never saw: repeated tokens, unknown words only, one character, accents.
+UNSEEN = [
+    "goal goal goal team match minister",
+    "zzzz qqqq xxxx",
+    "a",
+    "Élection du ministre: the party's VOTE on software, 2026!",
+    "",
+]
+
+
+def _corpus(labels: list[str], n: int = 20) -> tuple[list[str], list[str]]:
+    rng = np.random.default_rng(0)
+    common = "the a of and to in".split()
+    texts, y = [], []
+    for label in labels:
+        for _ in range(n):
+            texts.append(" ".join(rng.choice(WORDS[label].split() + common, size=15)))
+            y.append(label)
+    return texts, y
+
+
+def _fitted(params: dict, labels: list[str]) -> Pipeline:
+    texts, y = _corpus(labels)
+    return build_pipeline({**DEFAULT_PARAMS, "min_df": 1, **params}, seed=0).fit(texts, y)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"word_ngrams": [1, 1], "char_ngrams": None},  # the cheap serving baseline
+        {"word_ngrams": [1, 2], "char_ngrams": [2, 5]},  # the pipeline's default: a FeatureUnion
+        {"word_ngrams": [1, 2], "char_ngrams": None, "sublinear_tf": False},
+    ],
+)
+@pytest.mark.parametrize("labels", [sorted(WORDS), ["sport", "tech"]], ids=["3-classes", "2-classes"])
+def test_scorer_matches_scikit_learn(params, labels):
+    pipeline = _fitted(params, labels)
+    scorer = LinearTfidfScorer.from_pipeline(pipeline)
+    assert scorer is not None
+    texts = _corpus(labels, n=3)[0] + UNSEEN
+    expected = pipeline.predict_proba(texts)
+    np.testing.assert_allclose(scorer.predict_proba(texts), expected, rtol=1e-10, atol=1e-12)
+    # One text at a time (the server's smallest batch) gives the same rows.
+    np.testing.assert_allclose(scorer.predict_proba(texts[:1]), expected[:1], rtol=1e-10, atol=1e-12)
+
+
+def test_unknown_pipeline_shapes_fall_back_to_scikit_learn():
+    texts, y = _corpus(sorted(WORDS))
+    counts = Pipeline([("features", CountVectorizer()), ("classifier", LogisticRegression())]).fit(texts, y)
+    weighted = Pipeline(
+        [
+            ("features", FeatureUnion([("w", TfidfVectorizer())], transformer_weights={"w": 2.0})),
+            ("classifier", LogisticRegression()),
+        ]
+    ).fit(texts, y)
+    assert LinearTfidfScorer.from_pipeline(counts) is None
+    assert LinearTfidfScorer.from_pipeline(weighted) is None
+
+
+def test_scorer_features_are_the_pipelines_features():
+    pipeline = _fitted({"word_ngrams": [1, 2], "char_ngrams": [2, 5]}, sorted(WORDS))
+    texts = _corpus(sorted(WORDS), n=2)[0] + UNSEEN
+    expected = pipeline.named_steps["features"].transform(texts).toarray()
+    got = LinearTfidfScorer.from_pipeline(pipeline).transform(texts).toarray()
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
