@@ -312,3 +312,34 @@ def test_no_request_spans_are_kept_without_tracing(client, sample_texts):
     for _ in range(30):
         assert client.post("/echo", json={"texts": sample_texts[:1]}).status_code == 200
     assert _live_spans() - before < 5
+
+
+def _armed_timers() -> int:
+    import asyncio
+
+    gc.collect()
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, asyncio.TimerHandle) and not obj.cancelled())
+
+
+def test_request_timeout_timers_end_with_their_requests(client, sample_texts):
+    # BentoML's TimeoutMiddleware left every request's timeout timer armed for the whole
+    # traffic timeout (60 s): under load the handles and their futures piled up on the event loop.
+    before = _armed_timers()
+    for _ in range(30):
+        assert client.post("/classify", json={"texts": sample_texts[:1]}).status_code == 200
+    assert _armed_timers() - before < 5
+
+
+def test_a_request_over_the_timeout_still_gets_a_504(service):
+    import asyncio
+
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+    from starlette.responses import PlainTextResponse
+
+    async def slow_app(scope, receive, send):
+        await asyncio.sleep(5)
+        await PlainTextResponse("late")(scope, receive, send)
+
+    response = TestClient(TimeoutMiddleware(slow_app, timeout=0.05)).get("/")  # no lifespan events
+    assert response.status_code == 504
+    assert "0.05 seconds" in response.json()["error"]
