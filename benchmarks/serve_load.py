@@ -19,7 +19,7 @@ article each at every `--concurrency`, per mode:
     echo        POST /echo                (no model: the framework's own ceiling)
     in_process  predict_proba in this process, no HTTP, at its fastest batch size (8 .. max_batch_size)
 
-For the cheap TF-IDF case every concurrency runs the modes `--rounds` times (default 3),
+For the cheap TF-IDF case every concurrency runs the modes `--rounds` times (default 5),
 interleaved, and each row is the median round: on a shared 2-core machine one burst of
 background load otherwise decides the batched/echo ratio (echo alone ranged 650-1,300 req/s
 between runs here). A model-bound case runs `--model-bound-rounds` (default 1).
@@ -524,7 +524,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=3,
+        default=5,
         help="rounds of every mode per concurrency; each row is the median round",
     )
     parser.add_argument(
