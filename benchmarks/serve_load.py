@@ -29,7 +29,8 @@ rounds) and the server's CPU milliseconds per request (steadier than requests/s 
 the server's resident memory (all its processes) is measured after the warm-up and after the
 run. `--json` prints one object {"rows": [...], "rss_growth": ..., ...} instead.
 Targets at concurrency 32, no errors anywhere and RSS growth <= 10% for every model:
-- the cheap TF-IDF baseline (kind tfidf_logreg): batched requests/s >= 0.7x echo's;
+- the cheap TF-IDF baseline (kind tfidf_logreg): batched requests/s >= 0.7x echo's (the median
+  over the rounds of batched/echo, a round's two loads run seconds apart);
 - a model-bound classifier (any other kind, e.g. the fine-tuned MiniLM): batched texts/s >= 0.8x
   its in-process batched throughput, and never below the unbatched service.
 
@@ -48,6 +49,7 @@ import random
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -444,8 +446,15 @@ def targets(rows: list[dict], rss_growth: float, kind: str) -> dict:
         "rss_growth_ok": rss_growth <= 0.10,
     }
     if kind == CHEAP_KIND:
-        checks["batched_over_echo_at_32"] = ratio(rate("batched", 32), rate("echo", 32))
-        checks["batched_over_echo_ok"] = (checks["batched_over_echo_at_32"] or 0) >= 0.7
+        checks["batched_over_echo_at_32"] = ratio(rate("batched", 32), rate("echo", 32))  # median rounds
+        # A round's batched and echo loads ran seconds apart, so their ratio compares the two under
+        # about the same background load; the bar is checked on the median of those paired ratios
+        # (each mode's median round can come from a different, busier or quieter, moment).
+        batched_rounds = rate("batched", 32, "rounds_requests_per_s") or []
+        echo_rounds = rate("echo", 32, "rounds_requests_per_s") or []
+        paired = [b / e for b, e in zip(batched_rounds, echo_rounds, strict=True) if e]
+        checks["batched_over_echo_at_32_paired"] = round(statistics.median(paired), 3) if paired else None
+        checks["batched_over_echo_ok"] = (checks["batched_over_echo_at_32_paired"] or 0) >= 0.7
     else:
         batched = rate("batched", 32, "texts_per_s")
         checks["batched_over_in_process_at_32"] = ratio(batched, rate("in_process", None, "texts_per_s"))
