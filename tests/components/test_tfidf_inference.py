@@ -79,3 +79,26 @@ def test_scorer_features_are_the_pipelines_features():
     expected = pipeline.named_steps["features"].transform(texts).toarray()
     got = LinearTfidfScorer.from_pipeline(pipeline).transform(texts).toarray()
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"lowercase": False}, {"token_pattern": r"[a-z]{3,}"}, {"token_pattern": r"(\w+)'s"}],
+    ids=["default", "case-kept", "custom-pattern", "one-group"],
+)
+def test_plain_word_tokenizer_gives_scikit_learns_tokens(options):
+    from components.models.tfidf_inference import _word_tokenizer
+
+    texts, y = _corpus(sorted(WORDS))
+    vectorizer = TfidfVectorizer(**options).fit(texts + ["the party's vote"])
+    tokenize = _word_tokenizer(vectorizer)
+    assert tokenize is not None
+    for text in UNSEEN + ["x y zz ÉÉ é-é a_b 3d 42 l'été", "Party's  VOTE\\n\\tgoal's"]:
+        assert tokenize(text) == vectorizer.build_analyzer()(text)
+
+
+def test_other_analyzers_keep_scikit_learns_analyzer():
+    from components.models.tfidf_inference import _word_tokenizer
+
+    for options in ({"ngram_range": (1, 2)}, {"analyzer": "char_wb"}, {"stop_words": ["the"]}):
+        assert _word_tokenizer(TfidfVectorizer(**options)) is None
