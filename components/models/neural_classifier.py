@@ -182,6 +182,23 @@ def length_sorted_batches(lengths: torch.Tensor, batch_size: int) -> list[torch.
     return list(order.split(batch_size))
 
 
+@torch.no_grad()
+def predict_in_length_batches(
+    logits_fn: Callable[[Any], torch.Tensor],
+    make_batch: Callable[[torch.Tensor], Any],
+    lengths: torch.Tensor,
+    batch_size: int,
+    num_classes: int,
+    device: torch.device,
+) -> np.ndarray:
+    """Class probabilities (N, C), float64: `logits_fn` on each length-sorted batch, on `device`."""
+    out = np.zeros((len(lengths), num_classes), dtype=np.float64)
+    for idx in length_sorted_batches(lengths, batch_size):
+        logits = logits_fn(move_to_device(make_batch(idx), device)).float()  # (b, C)
+        out[idx.numpy()] = torch.softmax(logits, dim=-1).cpu().double().numpy()
+    return out
+
+
 def classification_evaluator(
     logits_fn: Callable[[nn.Module, Any], torch.Tensor],
     make_batch: Callable[[torch.Tensor], Any],
@@ -315,18 +332,23 @@ class NeuralClassifierPredictor(ClassifierPredictor):
     @torch.no_grad()
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
-        out = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
         if not texts:
-            return out
+            return np.zeros((0, len(self.labels)), dtype=np.float64)
         self.model.eval()
-        device = model_device(self.model)
         ids, lengths = encode_padded(self.tokenizer, texts, self.max_length)
-        for idx in length_sorted_batches(lengths, self.batch_size):
+
+        def make_batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             width = max(1, int(lengths[idx].max()))
-            batch = move_to_device((ids[idx, :width], lengths[idx]), device)
-            logits = self.model(*batch).float()  # (b, C)
-            out[idx.numpy()] = torch.softmax(logits, dim=-1).cpu().double().numpy()
-        return out
+            return ids[idx, :width], lengths[idx]
+
+        return predict_in_length_batches(
+            lambda batch: self.model(*batch),
+            make_batch,
+            lengths,
+            self.batch_size,
+            len(self.labels),
+            model_device(self.model),
+        )
 
     def _save_files(self, folder: Path) -> None:
         from safetensors.torch import save_file

@@ -45,6 +45,7 @@ from components.models.neural_classifier import (
     classification_evaluator,
     data_fingerprint,
     length_sorted_batches,
+    predict_in_length_batches,
     resumable_checkpoint,
     run_fingerprint,
     training_summary,
@@ -233,22 +234,23 @@ class PretrainedPredictor(ClassifierPredictor):
     @torch.no_grad()
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
-        out = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
         if not texts:
-            return out
+            return np.zeros((0, len(self.labels)), dtype=np.float64)
         self.model.eval()
         device = model_device(self.model)
         ids, mask = tokenize(self.tokenizer, texts, int(self.config["max_length"]))
         lengths = mask.sum(dim=1)
-        make_batch = _row_batcher(ids, mask, lengths)
         batch_size = self.batch_size or (
             CPU_INFERENCE_BATCH if device.type == "cpu" else ACCELERATOR_INFERENCE_BATCH
         )
-        for idx in length_sorted_batches(lengths, batch_size):
+
+        def logits(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
             with autocast_context(device):
-                logits = self.model(*move_to_device(make_batch(idx), device))
-            out[idx.numpy()] = torch.softmax(logits.float(), dim=-1).cpu().double().numpy()
-        return out
+                return self.model(*batch)
+
+        return predict_in_length_batches(
+            logits, _row_batcher(ids, mask, lengths), lengths, batch_size, len(self.labels), device
+        )
 
     def _save_files(self, folder: Path) -> None:
         from safetensors.torch import save_file
