@@ -341,7 +341,7 @@ def benchmark(
             for _ in range(rounds):
                 for mode in args.modes:
                     measured[mode].append(
-                        load_once(pool, process.pid, url, mode, bodies, requests, concurrency, args)
+                        load_once(pool, process.pid, url, mode, bodies, requests, concurrency, args.timeout)
                     )
                     log(
                         format_row(
@@ -397,11 +397,11 @@ def load_once(
     bodies: list[bytes],
     requests: int,
     concurrency: int,
-    args,
+    timeout_s: float,
 ) -> dict[str, Any]:
     """One load of `requests` requests on one mode, from the load-generator process."""
     cpu_before = cpu_seconds(pid)
-    result = pool.submit(run_load, url + MODES[mode], bodies, requests, concurrency, args.timeout).result()
+    result = pool.submit(run_load, url + MODES[mode], bodies, requests, concurrency, timeout_s).result()
     cpu = cpu_seconds(pid) - cpu_before
     rate = result["requests"] / result["elapsed_s"]
     return {

@@ -336,14 +336,9 @@ class NeuralClassifierPredictor(ClassifierPredictor):
             return np.zeros((0, len(self.labels)), dtype=np.float64)
         self.model.eval()
         ids, lengths = encode_padded(self.tokenizer, texts, self.max_length)
-
-        def make_batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            width = max(1, int(lengths[idx].max()))
-            return ids[idx, :width], lengths[idx]
-
         return predict_in_length_batches(
             lambda batch: self.model(*batch),
-            make_batch,
+            _row_batcher(ids, lengths),
             lengths,
             self.batch_size,
             len(self.labels),

@@ -44,10 +44,12 @@ def _word_tokenizer(vectorizer: TfidfVectorizer) -> Callable[[str], list[str]] |
     )
     if not plain:
         return None
-    pattern = vectorizer.token_pattern
-    if re.compile(pattern).groups > 1:  # scikit-learn refuses such a pattern: let it say so
+    pattern = re.compile(vectorizer.token_pattern)
+    if pattern.groups > 1:  # scikit-learn refuses such a pattern: let it say so
         return None
-    findall = re.compile(SAME_TOKENS_FASTER if pattern == SKLEARN_TOKEN_PATTERN else pattern).findall
+    if vectorizer.token_pattern == SKLEARN_TOKEN_PATTERN:
+        pattern = re.compile(SAME_TOKENS_FASTER)
+    findall = pattern.findall
     if vectorizer.lowercase:
         return lambda text: findall(text.lower())
     return findall
