@@ -53,6 +53,7 @@ from components.models.neural_classifier import (
 from components.predictor import ClassifierPredictor
 from components.training.callbacks import MetricsCallback, no_metrics
 from components.training.device import (
+    attention_for_varied_shapes,
     autocast_context,
     model_device,
     move_to_device,
@@ -85,6 +86,18 @@ def default_model_folder() -> Path:
             f"package {DEFAULT_MODEL_PACKAGE!r} is not installed: install it or set params.model to a model folder"
         )
     return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def load_encoder(source: str | Path, **kwargs: Any):
+    """The Hugging Face encoder in float32, whatever dtype its weights were saved in.
+
+    Recent `transformers` load a checkpoint in its saved dtype; many hub models are saved in
+    bf16 or fp16, and fine-tuning those weights directly loses AdamW's small updates. The fit
+    loop keeps float32 weights and gets bf16 speed from autocast on CUDA instead.
+    """
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(source, dtype=torch.float32, **kwargs)
 
 
 def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +213,7 @@ def encode_features(
     out = torch.zeros(len(ids), model.head.in_features)
     make_batch = _row_batcher(ids, mask, lengths)
     for idx in length_sorted_batches(lengths, batch_size):
-        with autocast_context(device):
+        with autocast_context(device), attention_for_varied_shapes(device):
             feats = model.features(*move_to_device(make_batch(idx), device))
         out[idx] = feats.float().cpu()
     return out
@@ -263,12 +276,12 @@ class PretrainedPredictor(ClassifierPredictor):
     @classmethod
     def _load(cls, folder: Path, manifest: dict[str, Any]) -> PretrainedPredictor:
         from safetensors.torch import load_file
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         config = manifest["config"]
         encoder_dir = folder / ENCODER_DIR
         tokenizer = AutoTokenizer.from_pretrained(encoder_dir, local_files_only=True)
-        encoder = AutoModel.from_pretrained(encoder_dir, local_files_only=True)
+        encoder = load_encoder(encoder_dir, local_files_only=True)
         model = EncoderClassifier(encoder, len(manifest["labels"]), config["dropout"], config["pooling"])
         model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
         model.to(resolve_device("auto"))
@@ -309,7 +322,7 @@ def train(
     on_metrics: MetricsCallback = no_metrics,
 ) -> PretrainedPredictor:
     """Fine-tune (or train a head on) a pretrained encoder; see the module docstring for params."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     params = resolve_params(spec.params)
     t: TrainingSpec = spec.training
@@ -333,7 +346,7 @@ def train(
     log.info("loading the pretrained encoder %s", source)
     tokenizer = AutoTokenizer.from_pretrained(source)
     seed_everything(t.seed)
-    encoder = AutoModel.from_pretrained(source)
+    encoder = load_encoder(source)
     max_length = min(t.max_length, getattr(encoder.config, "max_position_embeddings", t.max_length))
     model = EncoderClassifier(encoder, len(labels), params["dropout"], params["pooling"])
     freeze_encoder(encoder, params["train_layers"])

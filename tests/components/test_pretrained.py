@@ -117,3 +117,15 @@ def test_bad_params_are_errors(data, tmp_path):
         pretrained.train(spec(1e-3, 1, freeze=True), data, tmp_path)
     with pytest.raises(ValueError, match="train_layers"):
         pretrained.resolve_params({"train_layers": -1})
+
+
+def test_an_encoder_saved_in_half_precision_loads_in_float32(tmp_path):
+    # Hub models are often saved in bf16/fp16; fine-tuning must still hold float32 weights.
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    BertModel(config).to(torch.bfloat16).save_pretrained(tmp_path)
+    encoder = pretrained.load_encoder(tmp_path)
+    assert {p.dtype for p in encoder.parameters()} == {torch.float32}
