@@ -52,7 +52,12 @@ from components.predictor import GeneratorPredictor
 from components.text.char_tokenizer import CharTokenizer
 from components.training import distributed
 from components.training.callbacks import MetricsCallback, no_metrics
-from components.training.device import autocast_context, resolve_device, seed_everything
+from components.training.device import (
+    attention_for_varied_shapes,
+    autocast_context,
+    resolve_device,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +185,8 @@ class LanguageModelPredictor(GeneratorPredictor):
             temperature, top_k, top_p, generator=make_generator(seed, device), banned_ids=self._banned
         )
         idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
-        out = self.model.generate(idx, max_new_tokens, sample)[0].tolist()  # (T + new,)
+        with attention_for_varied_shapes(device):  # the cache grows one position per step
+            out = self.model.generate(idx, max_new_tokens, sample)[0].tolist()  # (T + new,)
         new_ids = out[len(prompt_ids) :]
         # Decode the whole text and cut the prompt off, so that BPE pieces that join across the
         # boundary decode as they would in one text; fall back to the new ids alone.
@@ -189,7 +195,7 @@ class LanguageModelPredictor(GeneratorPredictor):
 
     def evaluate(self, text: str, max_chars: int | None = None) -> dict[str, float]:
         """loss, perplexity and bits_per_char of `text` in fixed windows."""
-        with autocast_context(self.device):
+        with autocast_context(self.device), attention_for_varied_shapes(self.device):
             metrics = evaluate_text(self.model, self.tokenizer, text, self.block_size, max_chars=max_chars)
         return {k: metrics[k] for k in ("loss", "perplexity", "bits_per_char")}
 

@@ -59,7 +59,13 @@ from components.text.word_vocab import WordVocab
 from components.training import checkpoint as ckpt
 from components.training import distributed
 from components.training.callbacks import MetricsCallback, no_metrics
-from components.training.device import model_device, move_to_device, resolve_device, seed_everything
+from components.training.device import (
+    attention_for_varied_shapes,
+    model_device,
+    move_to_device,
+    resolve_device,
+    seed_everything,
+)
 from components.training.engine import IndexBatches, fit
 
 log = logging.getLogger(__name__)
@@ -193,9 +199,10 @@ def predict_in_length_batches(
 ) -> np.ndarray:
     """Class probabilities (N, C), float64: `logits_fn` on each length-sorted batch, on `device`."""
     out = np.zeros((len(lengths), num_classes), dtype=np.float64)
-    for idx in length_sorted_batches(lengths, batch_size):
-        logits = logits_fn(move_to_device(make_batch(idx), device)).float()  # (b, C)
-        out[idx.numpy()] = torch.softmax(logits, dim=-1).cpu().double().numpy()
+    with attention_for_varied_shapes(device):
+        for idx in length_sorted_batches(lengths, batch_size):
+            logits = logits_fn(move_to_device(make_batch(idx), device)).float()  # (b, C)
+            out[idx.numpy()] = torch.softmax(logits, dim=-1).cpu().double().numpy()
     return out
 
 

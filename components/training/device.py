@@ -60,6 +60,24 @@ def autocast_context(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def attention_for_varied_shapes(device: torch.device) -> contextlib.AbstractContextManager:
+    """Leave cuDNN's fused attention out of `scaled_dot_product_attention` on CUDA, for inference.
+
+    PyTorch picks cuDNN attention first on Hopper GPUs, and cuDNN builds an execution plan for
+    every new (batch, length) shape. Training sees few shapes (a fixed batch size), but
+    inference sees a new one almost every call: adaptive batching, length-sorted chunks,
+    key/value-cache decoding one token longer each step. On an H200, leaving it out (flash,
+    memory-efficient or math kernels take over) raised inference on batches of 1-32 texts
+    from 455 to 9,038 texts/s for the transformer classifier and from 452 to 2,264 for
+    MiniLM. A null context off CUDA.
+    """
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def configure_backend(device: torch.device, num_threads: int | None = None) -> None:
     """Process-wide switches, set once by the fit loop: thread count, TF32 on CUDA."""
     if num_threads:

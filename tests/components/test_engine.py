@@ -226,3 +226,16 @@ def test_cuda_trains_under_bf16_autocast_with_fused_adamw():
     assert result.device.startswith("cuda") and seen == {"dtype": torch.bfloat16, "device": "cuda"}
     assert next(model.parameters()).device.type == "cuda"
     assert [h["train_loss"] for h in result.history if "train_loss" in h][-1] < 1.0
+
+
+def test_inference_on_cuda_leaves_cudnn_attention_out_and_restores_it():
+    # Only flips PyTorch's backend switches, so it is checked without a GPU.
+    from components.training.device import attention_for_varied_shapes
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with attention_for_varied_shapes(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with attention_for_varied_shapes(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before
