@@ -6,10 +6,11 @@
 
 It trains each candidate through the pipeline's own entry point
 (``components.training.candidates.train_candidate``) on the ingested, pinned splits (``maas
-ingest`` writes them under ``data/``), then prints what the pipeline's promotion looks at:
-validation macro-F1 (which chooses) beside test accuracy and macro-F1 (which only report),
-with train seconds and the device. Nothing reaches MLflow, Prefect or BentoML, so it runs
-wherever the components do (a GPU host without the serving stack, say).
+ingest`` writes them under ``data/``) and evaluates it as the pipeline does
+(``components.evaluation.report.evaluate_classifier``): validation macro-F1 (which chooses)
+beside test accuracy and macro-F1 (which only report), with p50 latency per text, train
+seconds and the device. Nothing reaches MLflow, Prefect or BentoML, so it runs wherever the
+components do (a GPU host without the serving stack, say).
 """
 
 from __future__ import annotations
@@ -26,14 +27,12 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from components.config import load_config, resolve_config_path  # noqa: E402
 from components.data.dataset import load_classification_data  # noqa: E402
-from components.evaluation.classification import classification_metrics  # noqa: E402
+from components.evaluation.report import evaluate_classifier  # noqa: E402
 from components.training.candidates import train_candidate  # noqa: E402
 
-COLUMNS = ["candidate", "val_macro_f1", "val_accuracy", "test_accuracy", "test_macro_f1", "train_s", "device"]
-
-
-def evaluate(predictor, texts: list[str], labels: list[str]) -> dict:
-    return classification_metrics(labels, predictor.predict_proba(texts), predictor.labels)
+COLUMNS = [
+    "candidate", "val_macro_f1", "val_accuracy", "test_accuracy", "test_macro_f1", "p50_ms", "train_s", "device"
+]  # fmt: skip
 
 
 def run(
@@ -59,8 +58,8 @@ def run(
             train_s = time.perf_counter() - started
         if save is not None:
             predictor.save(save / spec.name)
-        val = evaluate(predictor, data.val_texts, data.val_labels)
-        test = evaluate(predictor, data.test_texts, data.test_labels)
+        report = evaluate_classifier(predictor, data)  # what the pipeline's evaluation reports
+        val, test = report["val"], report["test"]
         rows.append(
             {
                 "candidate": spec.name,
@@ -68,9 +67,9 @@ def run(
                 "val_accuracy": round(val["accuracy"], 4),
                 "test_accuracy": round(test["accuracy"], 4),
                 "test_macro_f1": round(test["macro_f1"], 4),
+                "p50_ms": round(report["latency"]["latency_ms_p50"], 2),
                 "train_s": round(train_s, 1),
-                "device": predictor.metadata.get("device")
-                or predictor.metadata.get("training", {}).get("device", "cpu"),
+                "device": predictor.metadata.get("device", "cpu"),  # the torch trainers record it
             }
         )
         print(f"# {json.dumps(rows[-1])}", file=sys.stderr, flush=True)

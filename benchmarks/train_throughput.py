@@ -210,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
+    if args.texts < args.batch_size:  # only full batches are timed
+        parser.error(f"--texts ({args.texts}) must be at least --batch-size ({args.batch_size})")
 
     sys.path.insert(0, str(ROOT))
     texts, labels = load_texts(args.data, args.texts)
