@@ -12,7 +12,8 @@ the validation text and returns a :class:`LanguageModelPredictor`.
 - ``sample_tokens`` (200): the length of the three fixed-seed samples kept in the metadata.
 - ``eval_max_chars`` (None = all): score only the start of a long validation text.
 - model, kind ``gpt`` (:class:`~components.models.gpt.GPTConfig`): ``block_size`` 64,
-  ``n_layer`` 4, ``n_head`` 4, ``n_embd`` 128, ``dropout`` 0.0, ``bias`` false.
+  ``n_layer`` 4, ``n_head`` 4, ``n_embd`` 128, ``dropout`` 0.0, ``bias`` false, ``activation``
+  gelu (or relu2).
 - model, kind ``lstm_lm`` (:class:`~components.models.lstm_lm.LSTMLMConfig`): ``block_size``
   64, ``n_embd`` 128, ``hidden_size`` 256, ``n_layer`` 2, ``dropout`` 0.0, ``tie_weights`` true.
 

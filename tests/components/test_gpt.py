@@ -83,3 +83,23 @@ def test_config_validation():
         GPTConfig(n_embd=10, n_head=3)
     with pytest.raises(ValueError, match="dropout"):
         GPTConfig(dropout=1.5)
+    with pytest.raises(ValueError, match="activation"):
+        GPTConfig(activation="swish")
+
+
+def test_relu2_activation_squares_the_relu():
+    model = tiny_gpt(activation="relu2")
+    mlp = model.transformer.h[0].mlp
+    x = torch.randn(2, 3, 16)
+    hidden = mlp.c_fc(x)
+    expected = mlp.c_proj(torch.relu(hidden) ** 2)
+    torch.testing.assert_close(mlp(x), expected)
+    # and it is not GELU: the same weights give another output
+    gelu = mlp.c_proj(torch.nn.functional.gelu(hidden))
+    assert not torch.allclose(mlp(x), gelu)
+
+
+def test_relu2_model_keeps_cache_equivalence():
+    model = tiny_gpt(activation="relu2")
+    prompt = torch.randint(0, 23, (1, 4))
+    assert torch.equal(model.generate(prompt, 20, use_cache=True), model.generate(prompt, 20, use_cache=False))
