@@ -25,6 +25,7 @@ dim                -                 128                transformer width
 num_heads          -                 4                  attention heads
 mlp_ratio          -                 4                  MLP width / dim
 dropout            0.2               0.1                dropout
+attention_dropout  -                 null               dropout on attention weights (null: dropout)
 monitor            "val_macro_f1"    "val_macro_f1"     early stopping metric: val_macro_f1,
                                                         val_accuracy or val_loss
 =================  ================  =================  ==========================================
@@ -101,6 +102,7 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
         "num_heads": 4,
         "mlp_ratio": 4,
         "dropout": 0.1,
+        "attention_dropout": None,
     },
 }
 _TOKENIZER_KEYS = ("tokenizer", "vocab_size", "min_freq", "lowercase", "monitor")

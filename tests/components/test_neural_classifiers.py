@@ -158,3 +158,20 @@ def test_macro_f1_matches_its_definition():
     y_pred = np.array([0, 1, 1, 1, 0])
     # class 0: tp 1 fp 1 fn 1 -> 0.5; class 1: tp 2 fp 1 fn 0 -> 0.8; class 2: 0
     assert macro_f1(y_true, y_pred, 3) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_attention_dropout_is_set_apart_from_dropout():
+    def attention_rates(**kw):
+        model = TransformerClassifier(TransformerConfig(vocab_size=30, num_classes=3, dim=16, num_heads=2, **kw))
+        return {block.attn.dropout for block in model.blocks}, model.blocks[0].attn.resid_dropout.p
+
+    assert attention_rates(dropout=0.3) == ({0.3}, 0.3)  # unset: follows dropout
+    assert attention_rates(dropout=0.3, attention_dropout=0.0) == ({0.0}, 0.3)
+    with pytest.raises(ValueError, match="dropout"):
+        TransformerConfig(vocab_size=30, num_classes=3, attention_dropout=1.0)
+    # in training mode with no attention dropout, the attention output is deterministic
+    model = TransformerClassifier(
+        TransformerConfig(vocab_size=30, num_classes=3, dim=16, num_heads=2, dropout=0.0, attention_dropout=0.0)
+    ).train()
+    ids, lengths = torch.randint(1, 30, (2, 8)), torch.tensor([8, 5])
+    torch.testing.assert_close(model(ids, lengths), model(ids, lengths))
