@@ -102,4 +102,6 @@ def test_relu2_activation_squares_the_relu():
 def test_relu2_model_keeps_cache_equivalence():
     model = tiny_gpt(activation="relu2")
     prompt = torch.randint(0, 23, (1, 4))
-    assert torch.equal(model.generate(prompt, 20, use_cache=True), model.generate(prompt, 20, use_cache=False))
+    assert torch.equal(
+        model.generate(prompt, 20, use_cache=True), model.generate(prompt, 20, use_cache=False)
+    )

@@ -162,7 +162,9 @@ def test_macro_f1_matches_its_definition():
 
 def test_attention_dropout_is_set_apart_from_dropout():
     def attention_rates(**kw):
-        model = TransformerClassifier(TransformerConfig(vocab_size=30, num_classes=3, dim=16, num_heads=2, **kw))
+        model = TransformerClassifier(
+            TransformerConfig(vocab_size=30, num_classes=3, dim=16, num_heads=2, **kw)
+        )
         return {block.attn.dropout for block in model.blocks}, model.blocks[0].attn.resid_dropout.p
 
     assert attention_rates(dropout=0.3) == ({0.3}, 0.3)  # unset: follows dropout
@@ -171,7 +173,9 @@ def test_attention_dropout_is_set_apart_from_dropout():
         TransformerConfig(vocab_size=30, num_classes=3, attention_dropout=1.0)
     # in training mode with no attention dropout, the attention output is deterministic
     model = TransformerClassifier(
-        TransformerConfig(vocab_size=30, num_classes=3, dim=16, num_heads=2, dropout=0.0, attention_dropout=0.0)
+        TransformerConfig(
+            vocab_size=30, num_classes=3, dim=16, num_heads=2, dropout=0.0, attention_dropout=0.0
+        )
     ).train()
     ids, lengths = torch.randint(1, 30, (2, 8)), torch.tensor([8, 5])
     torch.testing.assert_close(model(ids, lengths), model(ids, lengths))
