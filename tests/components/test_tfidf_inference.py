@@ -93,8 +93,29 @@ def test_plain_word_tokenizer_gives_scikit_learns_tokens(options):
     vectorizer = TfidfVectorizer(**options).fit(texts + ["the party's vote"])
     tokenize = _word_tokenizer(vectorizer)
     assert tokenize is not None
-    for text in UNSEEN + ["x y zz ÉÉ é-é a_b 3d 42 l'été", "Party's  VOTE\\n\\tgoal's"]:
+    for text in UNSEEN + ["x y zz ÉÉ é-é a_b 3d 42 l'été", "Party's  VOTE\\n\\tgoal's", *ASCII_EDGES]:
         assert tokenize(text) == vectorizer.build_analyzer()(text)
+
+
+# ASCII texts take the translate-and-split path: every kind of separator and edge.
+ASCII_EDGES = [
+    "__init__ a_b _x x_ 3.14 1,000 e-mail U.S. it's o'clock",
+    "tab\tnew\nline\rcarriage\x0bvt\x0cff\x1cfs\x1fus\x7fdel\x00nul end",
+    '(brackets)[square]{curly}<angle> "quoted" `tick` ~tilde^caret|pipe\\back/slash',
+    "a b c dd e ff ! @# $%&*+=?;: ab",
+    "   leading and trailing   ",
+    "CamelCase ALLCAPS MiXeD 99Problems",
+]
+
+
+def test_ascii_fast_path_matches_the_regex_on_every_ascii_character():
+    import re
+
+    from components.models.tfidf_inference import SKLEARN_TOKEN_PATTERN, _ascii_words
+
+    every_character = "".join(chr(c) for c in range(128))
+    for text in [*ASCII_EDGES, every_character, every_character[::-1], "x" + every_character * 3]:
+        assert _ascii_words(text) == re.findall(SKLEARN_TOKEN_PATTERN, text)
 
 
 def test_other_analyzers_keep_scikit_learns_analyzer():
