@@ -3,8 +3,9 @@
 Token + learned position embeddings, pre-norm blocks (LayerNorm → causal self-attention,
 LayerNorm → MLP, residual around each), a final LayerNorm and an output head tied to the
 token embedding. The MLP's activation is GELU (GPT-2, nanoGPT) or squared ReLU
-(``activation: relu2``, from Primer, So et al. 2021), which learns faster in short CPU runs. Attention uses ``F.scaled_dot_product_attention`` (flash / memory-efficient
-kernels where the device has them) with one fused QKV projection.
+(``activation: relu2``, from Primer, So et al. 2021), which learns faster in short CPU runs.
+Attention uses ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels where the
+device has them) with one fused QKV projection.
 
 Decoding can reuse keys and values through a :class:`KVCache`: the cache is filled by a
 prefill pass over the prompt, then each step feeds one token. Because the position

@@ -36,7 +36,7 @@ _NON_WORD_TO_SPACE = bytes(c if c in _ASCII_WORD_BYTES else 0x20 for c in range(
 
 
 def _ascii_words(text: str) -> list[str]:
-    """The `\w\w+` tokens of an ASCII-only text."""
+    """The tokens of an ASCII-only text: its runs of two or more word characters."""
     runs = text.encode("ascii").translate(_NON_WORD_TO_SPACE).decode("ascii").split()
     return [run for run in runs if len(run) > 1]
 

@@ -28,9 +28,8 @@ class TransformerConfig:
     num_heads: int = 4
     mlp_ratio: int = 4
     dropout: float = 0.1
-    # Dropout on the attention weights (None: `dropout`). On a CPU it is half the training step
-    # at 256 tokens: with a dropout mask PyTorch materialises every (T x T) attention matrix,
-    # without one it runs its fused kernel.
+    # Dropout on the attention weights (None: `dropout`). On a 2-core CPU it was half of every
+    # training step (batch 32 x 256 tokens: 571-673 ms with 0.3, 295-317 ms with 0).
     attention_dropout: float | None = None
     pad_id: int = 0
 
