@@ -55,7 +55,7 @@ from components.training import distributed
 from components.training.callbacks import MetricsCallback, no_metrics
 from components.training.device import (
     attention_for_varied_shapes,
-    autocast_context,
+    inference_context,
     resolve_device,
     seed_everything,
 )
@@ -196,7 +196,7 @@ class LanguageModelPredictor(GeneratorPredictor):
 
     def evaluate(self, text: str, max_chars: int | None = None) -> dict[str, float]:
         """loss, perplexity and bits_per_char of `text` in fixed windows."""
-        with autocast_context(self.device), attention_for_varied_shapes(self.device):
+        with inference_context(self.device):
             metrics = evaluate_text(self.model, self.tokenizer, text, self.block_size, max_chars=max_chars)
         return {k: metrics[k] for k in ("loss", "perplexity", "bits_per_char")}
 

@@ -53,8 +53,8 @@ from components.models.neural_classifier import (
 from components.predictor import ClassifierPredictor
 from components.training.callbacks import MetricsCallback, no_metrics
 from components.training.device import (
-    attention_for_varied_shapes,
     autocast_context,
+    inference_context,
     model_device,
     move_to_device,
     resolve_device,
@@ -212,10 +212,10 @@ def encode_features(
     lengths = mask.sum(dim=1)
     out = torch.zeros(len(ids), model.head.in_features)
     make_batch = _row_batcher(ids, mask, lengths)
-    for idx in length_sorted_batches(lengths, batch_size):
-        with autocast_context(device), attention_for_varied_shapes(device):
+    with inference_context(device):
+        for idx in length_sorted_batches(lengths, batch_size):
             feats = model.features(*move_to_device(make_batch(idx), device))
-        out[idx] = feats.float().cpu()
+            out[idx] = feats.float().cpu()
     return out
 
 

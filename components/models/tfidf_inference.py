@@ -35,8 +35,13 @@ _ASCII_WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV
 _NON_WORD_TO_SPACE = bytes(c if c in _ASCII_WORD_BYTES else 0x20 for c in range(256))
 
 
-def _ascii_words(text: str) -> list[str]:
-    """The tokens of an ASCII-only text: its runs of two or more word characters."""
+_find_words = re.compile(SAME_TOKENS_FASTER).findall
+
+
+def _default_pattern_tokens(text: str) -> list[str]:
+    """scikit-learn's default-pattern tokens: runs of two or more word characters."""
+    if not text.isascii():
+        return _find_words(text)
     runs = text.encode("ascii").translate(_NON_WORD_TO_SPACE).decode("ascii").split()
     return [run for run in runs if len(run) > 1]
 
@@ -58,13 +63,8 @@ def _word_tokenizer(vectorizer: TfidfVectorizer) -> Callable[[str], list[str]] |
     pattern = re.compile(vectorizer.token_pattern)
     if pattern.groups > 1:  # scikit-learn refuses such a pattern: let it say so
         return None
-    findall = pattern.findall
-    if vectorizer.token_pattern == SKLEARN_TOKEN_PATTERN:
-        unicode_words = re.compile(SAME_TOKENS_FASTER).findall
-
-        def findall(text: str) -> list[str]:
-            return _ascii_words(text) if text.isascii() else unicode_words(text)
-
+    default = vectorizer.token_pattern == SKLEARN_TOKEN_PATTERN
+    findall = _default_pattern_tokens if default else pattern.findall
     if vectorizer.lowercase:
         return lambda text: findall(text.lower())
     return findall

@@ -78,6 +78,14 @@ def attention_for_varied_shapes(device: torch.device) -> contextlib.AbstractCont
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
+def inference_context(device: torch.device) -> contextlib.ExitStack:
+    """What scoring and evaluation run under: autocast on CUDA and no cuDNN attention."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(autocast_context(device))
+    stack.enter_context(attention_for_varied_shapes(device))
+    return stack
+
+
 def configure_backend(device: torch.device, num_threads: int | None = None) -> None:
     """Process-wide switches, set once by the fit loop: thread count, TF32 on CUDA."""
     if num_threads:

@@ -112,10 +112,10 @@ from components.training import checkpoint as ckpt
 from components.training import distributed
 from components.training.callbacks import MetricsCallback, no_metrics
 from components.training.device import (
-    attention_for_varied_shapes,
     autocast_context,
     batch_rows,
     configure_backend,
+    inference_context,
     move_to_device,
     resolve_device,
     seed_everything,
@@ -521,7 +521,7 @@ def _fit(
         metrics: dict[str, float] | None = None
         if is_main:
             raw_model.eval()
-            with torch.no_grad(), autocast_context(device), attention_for_varied_shapes(device):
+            with torch.no_grad(), inference_context(device):
                 metrics = {k: float(v) for k, v in evaluate(raw_model).items()}
             raw_model.train()
             if monitor not in metrics:

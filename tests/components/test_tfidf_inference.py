@@ -111,11 +111,11 @@ ASCII_EDGES = [
 def test_ascii_fast_path_matches_the_regex_on_every_ascii_character():
     import re
 
-    from components.models.tfidf_inference import SKLEARN_TOKEN_PATTERN, _ascii_words
+    from components.models.tfidf_inference import SKLEARN_TOKEN_PATTERN, _default_pattern_tokens
 
     every_character = "".join(chr(c) for c in range(128))
     for text in [*ASCII_EDGES, every_character, every_character[::-1], "x" + every_character * 3]:
-        assert _ascii_words(text) == re.findall(SKLEARN_TOKEN_PATTERN, text)
+        assert _default_pattern_tokens(text) == re.findall(SKLEARN_TOKEN_PATTERN, text)
 
 
 def test_other_analyzers_keep_scikit_learns_analyzer():
