@@ -13,7 +13,7 @@ SHAKESPEARE=${SHAKESPEARE:-../shared/datasets/tinyshakespeare/input.txt}
 PY=${PY:-python3}
 BUNDLES=$(mktemp -d)
 mkdir -p "$RESULTS"
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1
 $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" || exit 1
 
 step() {  # step NAME command...

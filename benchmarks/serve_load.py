@@ -359,7 +359,7 @@ def benchmark(
         for line in (workdir / "serve.log").read_text(errors="replace").splitlines()
         if "batches run" in line
     ]
-    local = in_process_throughput(bundle, texts, limits["max_batch_size"])
+    local = in_process_throughput(bundle, texts, limits["max_batch_size"], args.in_process_seconds)
     rows.append(
         {
             "model": model,
@@ -562,6 +562,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, help="override the serving spec (default: ServingSpec)")
     parser.add_argument("--max-latency-ms", type=int, help="override the serving spec (default: ServingSpec)")
     parser.add_argument("--texts", type=int, default=500, help="distinct articles sent (cycled)")
+    parser.add_argument(
+        "--in-process-seconds", type=float, default=8.0, help="seconds per batch size of the in-process run"
+    )
     parser.add_argument(
         "--timeout", type=float, default=60, help="seconds per request before it counts as an error"
     )

@@ -65,6 +65,11 @@ class Predictor(ABC):
     def _manifest_extra(self) -> dict[str, Any]:
         return {}
 
+    @property
+    def on_accelerator(self) -> bool:
+        """Whether the model runs on a GPU (or another accelerator) rather than the CPU."""
+        return False
+
     @abstractmethod
     def _save_files(self, folder: Path) -> None:
         """Write the kind's own files (weights, vocabulary, fitted pipeline) into `folder`."""

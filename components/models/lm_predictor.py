@@ -161,6 +161,10 @@ class LanguageModelPredictor(GeneratorPredictor):
         return next(self.model.parameters()).device
 
     @property
+    def on_accelerator(self) -> bool:
+        return self.device.type != "cpu"
+
+    @property
     def block_size(self) -> int:
         return self.model.config.block_size
 

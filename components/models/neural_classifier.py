@@ -335,6 +335,10 @@ class NeuralClassifierPredictor(ClassifierPredictor):
         self.batch_size = batch_size
 
     @property
+    def on_accelerator(self) -> bool:
+        return model_device(self.model).type != "cpu"
+
+    @property
     def max_length(self) -> int:
         return int(self.config["max_length"])
 

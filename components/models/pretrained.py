@@ -244,6 +244,10 @@ class PretrainedPredictor(ClassifierPredictor):
         self.model = model.eval()
         self.batch_size = batch_size
 
+    @property
+    def on_accelerator(self) -> bool:
+        return model_device(self.model).type != "cpu"
+
     @torch.no_grad()
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)

@@ -330,6 +330,31 @@ def test_request_timeout_timers_end_with_their_requests(client, sample_texts):
     assert _armed_timers() - before < 5
 
 
+@pytest.mark.parametrize("on_accelerator", [False, True])
+def test_a_model_on_a_gpu_runs_in_the_worker_thread(service, monkeypatch, on_accelerator, sample_texts):
+    # The tiny TF-IDF classifier is cheap, so on the CPU its batches run on the event loop; the same
+    # model on a GPU goes to the worker thread (its waits are outside the GIL: the loop parses meanwhile).
+    import asyncio
+    import threading
+
+    predictor_class = type(load_predictor(service.CLASSIFIER.path))
+    monkeypatch.setattr(predictor_class, "on_accelerator", property(lambda self: on_accelerator))
+    instance = service.MaasService.inner()
+    threads = []
+    predict = instance._predict
+    monkeypatch.setattr(
+        instance, "_predict", lambda texts: threads.append(threading.current_thread().name) or predict(texts)
+    )
+
+    async def classify():
+        return await instance._classify(sample_texts[:2]), threading.current_thread().name
+
+    results, loop_thread = asyncio.run(classify())
+    assert [r.label for r in results] == [r["label"] for r in instance.classifier.predict(sample_texts[:2])]
+    assert threads[0].startswith("maas-classify") == on_accelerator
+    assert (threads[0] == loop_thread) != on_accelerator
+
+
 def test_a_request_over_the_timeout_still_gets_a_504(service):
     import asyncio
 
