@@ -61,6 +61,11 @@ class LSTMClassifier(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(H * directions, config.num_classes)
 
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        """The token embedding table (what ``embedding_init`` overwrites)."""
+        return self.embedding
+
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """ids (B, T) right-padded with pad_id, lengths (B,) real tokens per row -> logits (B, C)."""
         B, T = ids.shape

@@ -28,6 +28,9 @@ dropout            0.2               0.1                dropout
 attention_dropout  -                 null               dropout on attention weights (null: dropout)
 monitor            "val_macro_f1"    "val_macro_f1"     early stopping metric: val_macro_f1,
                                                         val_accuracy or val_loss
+embedding_init     "random"          "random"           "random", or "ppmi_svd": token embeddings
+                                                        start from word vectors learnt from the
+                                                        training split (components/text/word_vectors.py)
 =================  ================  =================  ==========================================
 
 ``spec.training`` drives the loop (batch size, epochs, lr, ...); ``max_length`` truncates
@@ -56,6 +59,7 @@ from components.models.lstm import LSTMClassifier, LSTMConfig
 from components.models.transformer_encoder import TransformerClassifier, TransformerConfig
 from components.predictor import ClassifierPredictor
 from components.text.bpe import BPETokenizer
+from components.text.word_vectors import ppmi_svd_vectors
 from components.text.word_vocab import WordVocab
 from components.training import checkpoint as ckpt
 from components.training import distributed
@@ -82,7 +86,11 @@ _COMMON = {
     "min_freq": 2,
     "lowercase": True,
     "monitor": "val_macro_f1",
+    "embedding_init": "random",
 }
+EMBEDDING_INITS = ("random", "ppmi_svd")
+# Tokens either side of a word counted as its context for the PPMI-SVD vectors.
+COOCCURRENCE_WINDOW = 5
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "lstm": {
         **_COMMON,
@@ -105,7 +113,8 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
         "attention_dropout": None,
     },
 }
-_TOKENIZER_KEYS = ("tokenizer", "vocab_size", "min_freq", "lowercase", "monitor")
+# Params that are not fields of the network's config (LSTMConfig, TransformerConfig).
+_NON_ARCHITECTURE_KEYS = ("tokenizer", "vocab_size", "min_freq", "lowercase", "monitor", "embedding_init")
 
 Tokenizer = WordVocab | BPETokenizer
 
@@ -128,7 +137,27 @@ def resolve_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
         )
     if resolved["monitor"] not in MONITORS:
         raise ValueError(f"params.monitor must be one of {MONITORS}, got {resolved['monitor']!r}")
+    if resolved["embedding_init"] not in EMBEDDING_INITS:
+        raise ValueError(
+            f"params.embedding_init must be one of {EMBEDDING_INITS}, got {resolved['embedding_init']!r}"
+        )
     return resolved
+
+
+def init_embedding_from_texts(
+    embedding: nn.Embedding, tokenizer: Tokenizer, texts: Sequence[str], seed: int
+) -> None:
+    """Overwrite `embedding` with PPMI-SVD vectors of `texts` (whole texts, not truncated), scaled
+    to the standard deviation of the layer's own initialisation; the padding row stays zero."""
+    vocab_size, dim = embedding.weight.shape
+    vectors = ppmi_svd_vectors(
+        tokenizer.encode_batch(texts), vocab_size, dim, window=COOCCURRENCE_WINDOW, seed=seed
+    )
+    with torch.no_grad():
+        scale = embedding.weight.std()
+        embedding.weight.copy_(torch.as_tensor(vectors, dtype=embedding.weight.dtype) * scale)
+        if embedding.padding_idx is not None:
+            embedding.weight[embedding.padding_idx].zero_()
 
 
 def fit_tokenizer(params: dict[str, Any], texts: Sequence[str]) -> Tokenizer:
@@ -149,7 +178,7 @@ def load_tokenizer(kind: str, path: Path) -> Tokenizer:
 
 
 def model_config(kind: str, params: dict[str, Any], vocab_size: int, num_classes: int, max_length: int):
-    arch = {k: v for k, v in params.items() if k not in _TOKENIZER_KEYS}
+    arch = {k: v for k, v in params.items() if k not in _NON_ARCHITECTURE_KEYS}
     if kind == "lstm":
         return LSTMConfig(vocab_size=vocab_size, num_classes=num_classes, **arch)
     return TransformerConfig(vocab_size=vocab_size, num_classes=num_classes, max_length=max_length, **arch)
@@ -444,6 +473,9 @@ def train(
     seed_everything(t.seed)
     cfg = model_config(spec.kind, params, tokenizer.vocab_size, len(labels), t.max_length)
     model = build_model(spec.kind, cfg)
+    if params["embedding_init"] == "ppmi_svd":
+        log.info("initialising the token embeddings from PPMI-SVD word vectors of the training split")
+        init_embedding_from_texts(model.token_embedding, tokenizer, data.train_texts, t.seed)
     log.info(
         "training %s (%d parameters) on %d texts",
         spec.kind,

@@ -115,6 +115,11 @@ class TransformerClassifier(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        """The token embedding table (what ``embedding_init`` overwrites)."""
+        return self.tok_emb
+
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """ids (B, T) padded with pad_id, lengths (B,) real tokens per row -> logits (B, C)."""
         B, T = ids.shape

@@ -71,11 +71,14 @@ CASES = [
     ),
     ("transformer", {"vocab_size": 300, "dim": 64}),
     ("transformer", {"tokenizer": "word", "dim": 32, "num_heads": 2, "num_layers": 1, "monitor": "val_loss"}),
+    ("lstm", {"embed_dim": 16, "hidden_size": 32, "pooling": "mean", "embedding_init": "ppmi_svd"}),
 ]
 
 
 @pytest.mark.parametrize(
-    ("kind", "params"), CASES, ids=["lstm-word", "bilstm-bpe-mean", "transformer-bpe", "transformer-word"]
+    ("kind", "params"),
+    CASES,
+    ids=["lstm-word", "bilstm-bpe-mean", "transformer-bpe", "transformer-word", "lstm-ppmi-svd"],
 )
 def test_learns_and_round_trips_through_the_bundle(kind, params, data, tmp_path):
     metrics = []
@@ -124,6 +127,8 @@ def test_unknown_or_bad_params_are_errors(data, tmp_path):
         train(spec("lstm", hidden=64), data, tmp_path, lambda m, s: None)
     with pytest.raises(ValueError, match="tokenizer"):
         train(spec("transformer", tokenizer="chars"), data, tmp_path, lambda m, s: None)
+    with pytest.raises(ValueError, match="embedding_init"):
+        train(spec("lstm", embedding_init="glove"), data, tmp_path, lambda m, s: None)
 
 
 @pytest.mark.parametrize(
