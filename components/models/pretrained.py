@@ -261,13 +261,15 @@ class PretrainedPredictor(ClassifierPredictor):
             CPU_INFERENCE_BATCH if device.type == "cpu" else ACCELERATOR_INFERENCE_BATCH
         )
 
-        def logits(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-            with autocast_context(device):
-                return self.model(*batch)
-
-        return predict_in_length_batches(
-            logits, _row_batcher(ids, mask, lengths), lengths, batch_size, len(self.labels), device
-        )
+        with autocast_context(device):  # entered once, not per batch (softmax stays float32 under it)
+            return predict_in_length_batches(
+                lambda batch: self.model(*batch),
+                _row_batcher(ids, mask, lengths),
+                lengths,
+                batch_size,
+                len(self.labels),
+                device,
+            )
 
     def _save_files(self, folder: Path) -> None:
         from safetensors.torch import save_file

@@ -54,14 +54,16 @@ def test_ppmi_keeps_only_pairs_seen_more_often_than_chance():
 
 
 def test_words_sharing_contexts_get_close_vectors():
-    vocab = WordVocab.build(corpus(), min_freq=1, max_size=100)
-    vectors = ppmi_svd_vectors(vocab.encode_batch(corpus()), vocab.vocab_size, dim=8, window=2)
+    texts = corpus()
+    vocab = WordVocab.build(texts, min_freq=1, max_size=100)
+    ids = vocab.encode_batch(texts)
+    vectors = ppmi_svd_vectors(ids, vocab.vocab_size, dim=8, window=2)
     assert vectors.shape == (vocab.vocab_size, 8)
     row = {word: vectors[vocab.encode(word)[0]] for words in TOPICS.values() for word in words}
     same = np.mean([cosine(row["goal"], row[w]) for w in TOPICS["sport"] if w != "goal"])
     other = np.mean([cosine(row["goal"], row[w]) for w in TOPICS["money"]])
     assert same > 0.5 and other < 0.2
-    again = ppmi_svd_vectors(vocab.encode_batch(corpus()), vocab.vocab_size, dim=8, window=2)
+    again = ppmi_svd_vectors(ids, vocab.vocab_size, dim=8, window=2)
     np.testing.assert_array_equal(vectors, again)  # seeded: the same run gives the same vectors
 
 
