@@ -22,7 +22,11 @@ article each at every `--concurrency`, per mode:
 For the cheap TF-IDF case every concurrency runs the modes `--rounds` times (default 5),
 interleaved, and each row is the median round: on a shared 2-core machine one burst of
 background load otherwise decides the batched/echo ratio (echo alone ranged 650-1,300 req/s
-between runs here). A model-bound case runs `--model-bound-rounds` (default 1).
+between runs here). A model-bound case runs `--model-bound-rounds` (default 3), and after each
+round at concurrency 32 the model runs in this process too, while the server idles: the bar
+compares each round's served texts/s with the in-process run right after it (MiniLM's own speed
+here moved between 33 and 52 texts/s from one run to the next, so one in-process run measured
+minutes away from the served rounds decided the ratio more than the service did).
 
 The table has requests/s, texts/s, p50/p99 latency, errors (anything but a 200, summed over the
 rounds) and the server's CPU milliseconds per request (steadier than requests/s on a shared machine) per row;
@@ -32,7 +36,8 @@ Targets at concurrency 32, no errors anywhere and RSS growth <= 10% for every mo
 - the cheap TF-IDF baseline (kind tfidf_logreg): batched requests/s >= 0.7x echo's (the median
   over the rounds of batched/echo, a round's two loads run seconds apart);
 - a model-bound classifier (any other kind, e.g. the fine-tuned MiniLM): batched texts/s >= 0.8x
-  its in-process batched throughput, and never below the unbatched service.
+  its in-process batched throughput (the median over the rounds of the paired ratios), and never
+  below the unbatched service.
 
 The cheap TF-IDF baseline is the pipeline's TF-IDF with word unigrams only (CHEAP_TFIDF): the
 pipeline's default adds character n-grams, which make it about ten times slower per text.
@@ -69,6 +74,7 @@ WARMUP_REQUESTS = 300
 CHEAP_TFIDF = {"char_ngrams": None, "word_ngrams": [1, 1]}  # over components.models.tfidf.DEFAULT_PARAMS
 CHEAP_KIND = "tfidf_logreg"  # held to the echo comparison; every other kind to the in-process one
 REGISTERED_CLASSIFIER = "bbc-news-classifier"  # the default pipeline's registered classifier
+BAR_CONCURRENCY = 32  # the concurrency the serving bar is checked at
 READY_TIMEOUT_S = 180
 
 
@@ -273,19 +279,20 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def in_process_throughput(bundle: Path, texts: list[str], max_batch_size: int, seconds: float = 8.0) -> dict:
+def batch_sizes(max_batch_size: int) -> list[int]:
+    """The batch sizes the in-process run tries: 8 up to the service's max_batch_size."""
+    return sorted({min(size, max_batch_size) for size in (8, 16, 32, max_batch_size)})
+
+
+def in_process_throughput(predictor, texts: list[str], sizes: list[int], seconds: float = 8.0) -> dict:
     """The model's best batched predict_proba throughput in this process, no HTTP.
 
-    Every batch size from 8 up to the service's max_batch_size is tried (each for about
-    `seconds`, cycling through `texts`) and the fastest is kept: on a CPU a mid-sized batch
-    can beat the largest one (MiniLM on 2 cores: 35 texts/s at 16, 28 at 64), and the bar
-    compares the service with the model at its best.
+    Every batch size in `sizes` is tried (each for about `seconds`, cycling through `texts`)
+    and the fastest is kept: on a CPU a mid-sized batch can beat the largest one (MiniLM on
+    2 cores: 35 texts/s at 16, 28 at 64), and the bar compares the service with the model at
+    its best.
     """
-    from components.predictor import load_predictor
-
-    predictor = load_predictor(bundle)
-    predictor.predict_proba(texts[:max_batch_size])  # warm-up
-    sizes = sorted({min(size, max_batch_size) for size in (8, 16, 32, max_batch_size)})
+    predictor.predict_proba(texts[: max(sizes)])  # warm-up
     rates = {}
     for size in sizes:
         done, started, position = 0, time.perf_counter(), 0
@@ -310,7 +317,11 @@ def benchmark(
     """Serve `tag`, load every mode at every concurrency, then the model in process."""
     import httpx
 
+    from components.predictor import load_predictor
+
     requests = args.requests if kind == CHEAP_KIND else args.model_bound_requests
+    predictor = load_predictor(bundle)  # for the in-process rows, loaded before the server takes memory
+    in_process_rounds: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     with (
         served(tag, workdir / "serve.log") as (url, process),
@@ -319,6 +330,7 @@ def benchmark(
         info = httpx.post(f"{url}/info", json={}, timeout=10).json()
         limits = info["limits"]
         texts = [text for text in texts if len(text) <= limits["max_chars"]]  # a longer one is a 400
+        sizes = batch_sizes(limits["max_batch_size"])
         bodies = [json.dumps({"texts": [text]}).encode() for text in texts]
         model = f"{info['models']['classifier']['kind']} {info['models']['classifier']['bento_model']}"
         log(f"serving {info['bento']} at {url}: {model}, limits {limits}")
@@ -348,6 +360,14 @@ def benchmark(
                             {"model": model, "mode": mode, "concurrency": concurrency, **measured[mode][-1]}
                         )
                     )
+                if kind != CHEAP_KIND and concurrency == BAR_CONCURRENCY:
+                    # The model's own speed right after the round it is compared with (the server
+                    # idles meanwhile); later rounds try only the batch size the first one chose.
+                    tried = sizes if not in_process_rounds else [in_process_rounds[0]["batch"]]
+                    in_process_rounds.append(
+                        in_process_throughput(predictor, texts, tried, args.in_process_seconds)
+                    )
+                    log(f"in process after this round: {in_process_rounds[-1]}")
             for mode in args.modes:
                 rows.append(
                     {"model": model, "mode": mode, "concurrency": concurrency, **median_round(measured[mode])}
@@ -359,7 +379,10 @@ def benchmark(
         for line in (workdir / "serve.log").read_text(errors="replace").splitlines()
         if "batches run" in line
     ]
-    local = in_process_throughput(bundle, texts, limits["max_batch_size"], args.in_process_seconds)
+    if not in_process_rounds:  # the cheap case, or no round at the bar's concurrency: one run now
+        in_process_rounds.append(in_process_throughput(predictor, texts, sizes, args.in_process_seconds))
+    rates = [r["texts_per_s"] for r in in_process_rounds]
+    local = sorted(in_process_rounds, key=lambda r: r["texts_per_s"])[(len(rates) - 1) // 2]  # the median
     rows.append(
         {
             "model": model,
@@ -374,7 +397,9 @@ def benchmark(
             "server_cpu_ms": round(1000 / local["texts_per_s"], 2),  # per text, this process
             "outcomes": {},
             "batch": local["batch"],
-            "by_batch": local["by_batch"],
+            "by_batch": in_process_rounds[0]["by_batch"],
+            "rounds": len(rates),
+            "rounds_texts_per_s": [round(rate, 1) for rate in rates],
         }
     )
     return {
@@ -469,7 +494,17 @@ def targets(rows: list[dict], rss_growth: float, kind: str, accelerator: bool = 
     else:
         batched = rate("batched", 32, "texts_per_s")
         checks["batched_over_in_process_at_32"] = ratio(batched, rate("in_process", None, "texts_per_s"))
-        checks["batched_over_in_process_ok"] = (checks["batched_over_in_process_at_32"] or 0) >= 0.8
+        # Each served round against the in-process run right after it (see the module docstring);
+        # with a single in-process run (an older report, or no round at 32) this is the plain ratio.
+        served_rounds = rate("batched", 32, "rounds_requests_per_s") or []  # one text a request
+        local_rounds = rate("in_process", None, "rounds_texts_per_s") or []
+        paired = []
+        if len(local_rounds) == len(served_rounds):
+            paired = [b / i for b, i in zip(served_rounds, local_rounds, strict=True) if i]
+        checks["batched_over_in_process_at_32_paired"] = (
+            round(statistics.median(paired), 3) if paired else checks["batched_over_in_process_at_32"]
+        )
+        checks["batched_over_in_process_ok"] = (checks["batched_over_in_process_at_32_paired"] or 0) >= 0.8
         checks["batched_over_unbatched_at_32"] = ratio(batched, rate("unbatched", 32, "texts_per_s"))
         checks["batched_not_below_unbatched"] = (checks["batched_over_unbatched_at_32"] or 0) >= 1.0
         if accelerator:
@@ -552,8 +587,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model-bound-rounds",
         type=int,
-        default=1,
-        help="rounds for a model-bound classifier (its rows are model time, far steadier than the cheap case's)",
+        default=3,
+        help="rounds for a model-bound classifier; after each at concurrency 32 the model also runs in process",
     )
     parser.add_argument("--concurrency", default="1,8,32,64", help="comma-separated concurrencies")
     parser.add_argument(
