@@ -320,7 +320,7 @@ def benchmark(
     from components.predictor import load_predictor
 
     requests = args.requests if kind == CHEAP_KIND else args.model_bound_requests
-    predictor = load_predictor(bundle)  # for the in-process rows, loaded before the server takes memory
+    predictor = load_predictor(bundle)  # loaded once: its in-process runs fall between the served rounds
     in_process_rounds: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     with (
