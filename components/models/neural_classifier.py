@@ -144,15 +144,12 @@ def resolve_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def init_embedding_from_texts(
-    embedding: nn.Embedding, tokenizer: Tokenizer, texts: Sequence[str], seed: int
-) -> None:
-    """Overwrite `embedding` with PPMI-SVD vectors of `texts` (whole texts, not truncated), scaled
-    to the standard deviation of the layer's own initialisation; the padding row stays zero."""
+def init_embedding_from_ids(embedding: nn.Embedding, token_ids: Sequence[Sequence[int]], seed: int) -> None:
+    """Overwrite `embedding` with PPMI-SVD vectors of `token_ids` (whole texts, not truncated: the
+    co-occurrences want every word), scaled to the standard deviation of the layer's own
+    initialisation; the padding row stays zero."""
     vocab_size, dim = embedding.weight.shape
-    vectors = ppmi_svd_vectors(
-        tokenizer.encode_batch(texts), vocab_size, dim, window=COOCCURRENCE_WINDOW, seed=seed
-    )
+    vectors = ppmi_svd_vectors(token_ids, vocab_size, dim, window=COOCCURRENCE_WINDOW, seed=seed)
     with torch.no_grad():
         scale = embedding.weight.std()
         embedding.weight.copy_(torch.as_tensor(vectors, dtype=embedding.weight.dtype) * scale)
@@ -192,7 +189,11 @@ def encode_padded(
     tokenizer: Tokenizer, texts: Sequence[str], max_length: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Texts -> (ids (N, L) padded with 0, lengths (N,)), L the longest encoding (<= max_length)."""
-    encoded = tokenizer.encode_batch(list(texts), max_length=max_length)
+    return pad_encoded(tokenizer.encode_batch(list(texts), max_length=max_length))
+
+
+def pad_encoded(encoded: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (ids (N, L) padded with 0, lengths (N,)), L the longest list."""
     lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
     width = max(1, int(lengths.max())) if len(encoded) else 1
     ids = torch.zeros(len(encoded), width, dtype=torch.long)
@@ -465,7 +466,13 @@ def train(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         (ckpt_dir / RUN_FILE).write_text(json.dumps({"fingerprint": fingerprint}))
 
-    train_ids, train_len = encode_padded(tokenizer, data.train_texts, t.max_length)
+    # PPMI-SVD vectors want the whole training texts; encode them once and truncate that for
+    # training (the same ids: both tokenizers truncate by dropping trailing tokens).
+    full_train = tokenizer.encode_batch(data.train_texts) if params["embedding_init"] == "ppmi_svd" else None
+    if full_train is None:
+        train_ids, train_len = encode_padded(tokenizer, data.train_texts, t.max_length)
+    else:
+        train_ids, train_len = pad_encoded([ids[: t.max_length] for ids in full_train])
     val_ids, val_len = encode_padded(tokenizer, data.val_texts, t.max_length)
     y_train = torch.tensor([index[label] for label in data.train_labels], dtype=torch.long)
     y_val = torch.tensor([index[label] for label in data.val_labels], dtype=torch.long)
@@ -473,9 +480,9 @@ def train(
     seed_everything(t.seed)
     cfg = model_config(spec.kind, params, tokenizer.vocab_size, len(labels), t.max_length)
     model = build_model(spec.kind, cfg)
-    if params["embedding_init"] == "ppmi_svd":
+    if full_train is not None:
         log.info("initialising the token embeddings from PPMI-SVD word vectors of the training split")
-        init_embedding_from_texts(model.token_embedding, tokenizer, data.train_texts, t.seed)
+        init_embedding_from_ids(model.token_embedding, full_train, t.seed)
     log.info(
         "training %s (%d parameters) on %d texts",
         spec.kind,

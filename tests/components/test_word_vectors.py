@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from components.models.lstm import LSTMClassifier, LSTMConfig
-from components.models.neural_classifier import init_embedding_from_texts
+from components.models.neural_classifier import init_embedding_from_ids
 from components.text.word_vectors import cooccurrence, ppmi, ppmi_svd_vectors
 from components.text.word_vocab import WordVocab
 
@@ -81,7 +81,7 @@ def test_the_embedding_starts_from_the_vectors_at_its_own_scale():
     model = LSTMClassifier(LSTMConfig(vocab_size=vocab.vocab_size, num_classes=2, embed_dim=8, hidden_size=8))
     embedding = model.token_embedding
     scale = float(embedding.weight.detach().std())
-    init_embedding_from_texts(embedding, vocab, texts, seed=0)
+    init_embedding_from_ids(embedding, vocab.encode_batch(texts), seed=0)
 
     weight = embedding.weight.detach().numpy()
     assert float(np.abs(weight[embedding.padding_idx]).max()) == 0.0
