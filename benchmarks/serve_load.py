@@ -382,7 +382,7 @@ def benchmark(
     if not in_process_rounds:  # the cheap case, or no round at the bar's concurrency: one run now
         in_process_rounds.append(in_process_throughput(predictor, texts, sizes, args.in_process_seconds))
     rates = [r["texts_per_s"] for r in in_process_rounds]
-    local = sorted(in_process_rounds, key=lambda r: r["texts_per_s"])[(len(rates) - 1) // 2]  # the median
+    local = median_by(in_process_rounds, "texts_per_s")
     rows.append(
         {
             "model": model,
@@ -441,10 +441,14 @@ def load_once(
     }
 
 
+def median_by(results: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The result with the median `key` (the lower middle one of an even count)."""
+    return sorted(results, key=lambda r: r[key])[(len(results) - 1) // 2]
+
+
 def median_round(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The round with the median requests/s; errors and outcomes add up over every round."""
-    ranked = sorted(results, key=lambda r: r["requests_per_s"])
-    row = dict(ranked[(len(ranked) - 1) // 2])
+    row = dict(median_by(results, "requests_per_s"))
     outcomes: Counter[str] = Counter()
     for result in results:
         outcomes.update(result["outcomes"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 from components.predictor import load_predictor
+from tests.benchmarks.scripts import load_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 LABELS = ("alpha", "beta", "gamma")
@@ -18,12 +18,7 @@ TOPIC_WORDS = {"alpha": "river harbour", "beta": "market signal", "gamma": "engi
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "classifier_accuracy", REPO / "benchmarks" / "classifier_accuracy.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("classifier_accuracy")
 
 
 @pytest.fixture
