@@ -30,6 +30,7 @@ from functools import partial
 from typing import Annotated, Any
 
 import bentoml
+from _bentoml_sdk.method import APIMethod
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from bentoml.exceptions import BentoMLException, NotFound
 from bentoml.validators import ContentType
@@ -169,6 +170,19 @@ def _describe(model: bentoml.Model, predictor: Predictor) -> ModelDescription:
 async def _on_thread(thread: ThreadPoolExecutor, fn, *args):
     """Run `fn(*args)` on a model's own thread without blocking the event loop."""
     return await asyncio.get_running_loop().run_in_executor(thread, fn, *args)
+
+
+def _bind_apis(service: object) -> None:
+    """Bind each API method to `service` once, as an instance attribute.
+
+    BentoML's API descriptor builds a new bound wrapper, ``inspect.signature`` included (about
+    20 us here), on every attribute access, and its server looks the method up on every request,
+    twice for a batched one. The descriptor defines no ``__set__``, so an instance attribute of
+    the same name takes precedence: the lookups become plain reads of the same wrapper.
+    """
+    for name, member in vars(type(service)).items():
+        if isinstance(member, APIMethod):
+            service.__dict__[name] = member.__get__(service, type(service))
 
 
 def _load(model: bentoml.Model, expected: type[Predictor]) -> Predictor:
@@ -378,6 +392,7 @@ class MaasService:
         # different threads, each with its own malloc arena, and MiniLM's resident memory kept growing (+11 %).
         self._classify_thread = ThreadPoolExecutor(1, thread_name_prefix="maas-classify")
         self._generate_thread = ThreadPoolExecutor(1, thread_name_prefix="maas-generate")
+        _bind_apis(self)
         cheap = self._batch_seconds() <= INLINE_BATCH_BUDGET_S
         self._classify_inline = cheap and not self.classifier.on_accelerator
         # The models and their warm-up are loaded for good: move them out of the cyclic garbage

@@ -355,6 +355,20 @@ def test_a_model_on_a_gpu_runs_in_the_worker_thread(service, monkeypatch, on_acc
     assert (threads[0] == loop_thread) != on_accelerator
 
 
+def test_api_methods_are_bound_once_per_service(service, sample_texts):
+    # BentoML's server looks each API up on every request; unbound, every lookup builds a new
+    # wrapper (inspect.signature included). Bound once, it is the same wrapper, and it still works.
+    import asyncio
+
+    instance = service.MaasService.inner()
+    for name in ("classify", "classify_unbatched", "echo", "generate", "info"):
+        assert getattr(instance, name) is getattr(instance, name), name
+        assert getattr(instance, name).local is getattr(instance, name), name
+    results = asyncio.run(instance.classify.local(sample_texts[:2]))
+    assert [r.label for r in results] == [r["label"] for r in instance.classifier.predict(sample_texts[:2])]
+    assert asyncio.run(instance.echo.local(["x"])) == ["x"]
+
+
 def test_a_request_over_the_timeout_still_gets_a_504(service):
     import asyncio
 
