@@ -29,7 +29,8 @@ here moved between 33 and 52 texts/s from one run to the next, so one in-process
 minutes away from the served rounds decided the ratio more than the service did).
 
 The table has requests/s, texts/s, p50/p99 latency, errors (anything but a 200, summed over the
-rounds) and the server's CPU milliseconds per request (steadier than requests/s on a shared machine) per row;
+rounds) and the server's CPU milliseconds per request (steadier than requests/s on a shared machine) per row
+(for the in_process row: this process's CPU milliseconds per text, all its threads);
 the server's resident memory (all its processes) is measured after the warm-up and after the
 run. `--json` prints one object {"rows": [...], "rss_growth": ..., ...} instead.
 Targets at concurrency 32, no errors anywhere and RSS growth <= 10% for every model:
@@ -293,17 +294,19 @@ def in_process_throughput(predictor, texts: list[str], sizes: list[int], seconds
     its best.
     """
     predictor.predict_proba(texts[: max(sizes)])  # warm-up
-    rates = {}
+    rates, cpu_ms = {}, {}
     for size in sizes:
         done, started, position = 0, time.perf_counter(), 0
+        cpu_started = time.process_time()  # every thread of this process: the model's intra-op ones too
         while done < 2 * size or time.perf_counter() - started < seconds:
             batch = [texts[(position + i) % len(texts)] for i in range(size)]
             predictor.predict_proba(batch)
             done, position = done + size, position + size
         rates[size] = done / (time.perf_counter() - started)
+        cpu_ms[size] = 1000 * (time.process_time() - cpu_started) / done
     best = max(rates, key=rates.get)
     rounded = {size: round(rate, 1) for size, rate in rates.items()}
-    return {"texts_per_s": rates[best], "batch": best, "by_batch": rounded}
+    return {"texts_per_s": rates[best], "cpu_ms_per_text": cpu_ms[best], "batch": best, "by_batch": rounded}
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -394,7 +397,7 @@ def benchmark(
             "p50_ms": None,
             "p99_ms": None,
             "errors": 0,
-            "server_cpu_ms": round(1000 / local["texts_per_s"], 2),  # per text, this process
+            "server_cpu_ms": round(local["cpu_ms_per_text"], 2),  # CPU per text of this process
             "outcomes": {},
             "batch": local["batch"],
             "by_batch": in_process_rounds[0]["by_batch"],

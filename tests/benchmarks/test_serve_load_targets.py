@@ -73,3 +73,18 @@ def test_the_cheap_bar_pairs_batched_with_echo_and_any_error_fails(serve_load):
     assert checks["batched_over_echo_ok"] is True
     assert checks["zero_errors"] is False
     assert serve_load.targets(rows, rss_growth=0.2, kind="tfidf_logreg")["rss_growth_ok"] is False
+
+
+def test_the_in_process_row_reports_cpu_time_not_wall_time(serve_load):
+    # The table's CPU column compares the server's CPU per request with the model's own CPU per
+    # text; wall time per text would undercount a model that computes on several threads.
+    import time
+
+    class Waiting:
+        def predict_proba(self, texts):
+            time.sleep(0.01)  # 10 ms of wall time a batch, next to no CPU
+
+    result = serve_load.in_process_throughput(Waiting(), ["a"] * 4, [4], seconds=0.2)
+    wall_ms_per_text = 1000 / result["texts_per_s"]
+    assert wall_ms_per_text > 2
+    assert result["cpu_ms_per_text"] < wall_ms_per_text / 5
