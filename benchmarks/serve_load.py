@@ -470,6 +470,14 @@ def on_accelerator() -> bool:
     return torch.cuda.is_available()
 
 
+def paired_median(numerators: list[float] | None, denominators: list[float] | None) -> float | None:
+    """The median of round-by-round ratios (rounds paired by position); None without a full pairing."""
+    if not numerators or not denominators or len(numerators) != len(denominators):
+        return None
+    ratios = [n / d for n, d in zip(numerators, denominators, strict=True) if d]
+    return round(statistics.median(ratios), 3) if ratios else None
+
+
 def targets(rows: list[dict], rss_growth: float, kind: str, accelerator: bool = False) -> dict:
     """The serving bar for one model: cheap (TF-IDF) against echo, model-bound against in-process.
 
@@ -484,35 +492,34 @@ def targets(rows: list[dict], rss_growth: float, kind: str, accelerator: bool = 
     def ratio(a: float | None, b: float | None) -> float | None:
         return round(a / b, 3) if a and b else None
 
+    at = BAR_CONCURRENCY  # the keys below say _at_32: they name this value
     checks: dict[str, Any] = {
         "zero_errors": all(r["errors"] == 0 for r in rows),
         "rss_growth_ok": rss_growth <= 0.10,
     }
     if kind == CHEAP_KIND:
-        checks["batched_over_echo_at_32"] = ratio(rate("batched", 32), rate("echo", 32))  # median rounds
+        checks["batched_over_echo_at_32"] = ratio(rate("batched", at), rate("echo", at))  # median rounds
         # A round's batched and echo loads ran seconds apart, so their ratio compares the two under
         # about the same background load; the bar is checked on the median of those paired ratios
         # (each mode's median round can come from a different, busier or quieter, moment).
-        batched_rounds = rate("batched", 32, "rounds_requests_per_s") or []
-        echo_rounds = rate("echo", 32, "rounds_requests_per_s") or []
-        paired = [b / e for b, e in zip(batched_rounds, echo_rounds, strict=True) if e]
-        checks["batched_over_echo_at_32_paired"] = round(statistics.median(paired), 3) if paired else None
+        checks["batched_over_echo_at_32_paired"] = paired_median(
+            rate("batched", at, "rounds_requests_per_s"), rate("echo", at, "rounds_requests_per_s")
+        )
         checks["batched_over_echo_ok"] = (checks["batched_over_echo_at_32_paired"] or 0) >= 0.7
     else:
-        batched = rate("batched", 32, "texts_per_s")
+        batched = rate("batched", at, "texts_per_s")
         checks["batched_over_in_process_at_32"] = ratio(batched, rate("in_process", None, "texts_per_s"))
         # Each served round against the in-process run right after it (see the module docstring);
         # with a single in-process run (an older report, or no round at 32) this is the plain ratio.
-        served_rounds = rate("batched", 32, "rounds_requests_per_s") or []  # one text a request
-        local_rounds = rate("in_process", None, "rounds_texts_per_s") or []
-        paired = []
-        if len(local_rounds) == len(served_rounds):
-            paired = [b / i for b, i in zip(served_rounds, local_rounds, strict=True) if i]
+        paired = paired_median(
+            rate("batched", at, "rounds_requests_per_s"),  # one text a request
+            rate("in_process", None, "rounds_texts_per_s"),
+        )
         checks["batched_over_in_process_at_32_paired"] = (
-            round(statistics.median(paired), 3) if paired else checks["batched_over_in_process_at_32"]
+            paired if paired is not None else checks["batched_over_in_process_at_32"]
         )
         checks["batched_over_in_process_ok"] = (checks["batched_over_in_process_at_32_paired"] or 0) >= 0.8
-        checks["batched_over_unbatched_at_32"] = ratio(batched, rate("unbatched", 32, "texts_per_s"))
+        checks["batched_over_unbatched_at_32"] = ratio(batched, rate("unbatched", at, "texts_per_s"))
         checks["batched_not_below_unbatched"] = (checks["batched_over_unbatched_at_32"] or 0) >= 1.0
         if accelerator:
             checks["batched_over_unbatched_ok_on_gpu"] = (checks["batched_over_unbatched_at_32"] or 0) >= 3.0

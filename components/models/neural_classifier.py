@@ -466,13 +466,13 @@ def train(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         (ckpt_dir / RUN_FILE).write_text(json.dumps({"fingerprint": fingerprint}))
 
-    # PPMI-SVD vectors want the whole training texts; encode them once and truncate that for
-    # training (the same ids: both tokenizers truncate by dropping trailing tokens).
-    full_train = tokenizer.encode_batch(data.train_texts) if params["embedding_init"] == "ppmi_svd" else None
-    if full_train is None:
-        train_ids, train_len = encode_padded(tokenizer, data.train_texts, t.max_length)
-    else:
-        train_ids, train_len = pad_encoded([ids[: t.max_length] for ids in full_train])
+    # PPMI-SVD vectors want the whole training texts: then they are encoded whole, once, and
+    # truncated for training (the same ids: both tokenizers truncate by dropping trailing tokens).
+    ppmi_svd = params["embedding_init"] == "ppmi_svd"
+    train_encoded = tokenizer.encode_batch(
+        list(data.train_texts), max_length=None if ppmi_svd else t.max_length
+    )
+    train_ids, train_len = pad_encoded([ids[: t.max_length] for ids in train_encoded])
     val_ids, val_len = encode_padded(tokenizer, data.val_texts, t.max_length)
     y_train = torch.tensor([index[label] for label in data.train_labels], dtype=torch.long)
     y_val = torch.tensor([index[label] for label in data.val_labels], dtype=torch.long)
@@ -480,9 +480,9 @@ def train(
     seed_everything(t.seed)
     cfg = model_config(spec.kind, params, tokenizer.vocab_size, len(labels), t.max_length)
     model = build_model(spec.kind, cfg)
-    if full_train is not None:
+    if ppmi_svd:
         log.info("initialising the token embeddings from PPMI-SVD word vectors of the training split")
-        init_embedding_from_ids(model.token_embedding, full_train, t.seed)
+        init_embedding_from_ids(model.token_embedding, train_encoded, t.seed)
     log.info(
         "training %s (%d parameters) on %d texts",
         spec.kind,
