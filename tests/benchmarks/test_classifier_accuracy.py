@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from components.predictor import load_predictor
-from tests.benchmarks.scripts import load_benchmark
+from tests.benchmarks.scripts import REPO, load_benchmark
 
-REPO = Path(__file__).resolve().parents[2]
 LABELS = ("alpha", "beta", "gamma")
 TOPIC_WORDS = {"alpha": "river harbour", "beta": "market signal", "gamma": "engine orbit"}
 
