@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Task = Literal["classification", "generation"]
 
@@ -196,32 +196,62 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _read_yaml(path: Path) -> dict:
-    data = yaml.safe_load(path.read_text()) or {}
+class ConfigError(ValueError):
+    """A config that cannot be used, said in terms of its file, key and rule."""
+
+
+def _read_yaml(path: Path, presets_dir: Path | None, seen: tuple[Path, ...] = ()) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from error
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(f"{path}: expected a mapping at the top level")
     parent = data.pop("extends", None)
     if parent:
-        # A preset can shrink or grow another one instead of copying it (see configs/smoke.yaml).
-        data = _deep_merge(_read_yaml(path.parent / f"{parent}.yaml"), data)
+        # A config can shrink or grow a preset instead of copying it (see configs/smoke.yaml).
+        parent_path = _extended_path(path, str(parent), presets_dir)
+        if parent_path in seen:
+            raise ConfigError(f"{path}: `extends: {parent}` makes a cycle")
+        data = _deep_merge(_read_yaml(parent_path, presets_dir, (*seen, path.resolve())), data)
     return data
+
+
+def _extended_path(path: Path, parent: str, presets_dir: Path | None) -> Path:
+    """`extends:` names a YAML path (relative to the config) or a preset: beside it, else in configs/."""
+    if parent.endswith((".yaml", ".yml")):
+        return (path.parent / parent).resolve()
+    for folder in (path.parent, presets_dir):
+        if folder is not None and (Path(folder) / f"{parent}.yaml").is_file():
+            return (Path(folder) / f"{parent}.yaml").resolve()
+    available = sorted(p.stem for p in Path(presets_dir).glob("*.yaml")) if presets_dir else []
+    raise ConfigError(f"{path}: `extends: {parent}` is neither a YAML file nor a preset (presets: {available})")
 
 
 def resolve_config_path(name_or_path: str | Path, configs_dir: Path) -> Path:
     """A preset name ("default", "smoke", "gpu") or a path to a YAML file."""
     candidate = Path(name_or_path)
-    if candidate.suffix in {".yaml", ".yml"} and candidate.exists():
-        return candidate
+    if candidate.suffix in {".yaml", ".yml"}:
+        if candidate.is_file():
+            return candidate
+        raise ConfigError(f"no config file {candidate}")
     preset = configs_dir / f"{name_or_path}.yaml"
     if preset.exists():
         return preset
     available = sorted(p.stem for p in configs_dir.glob("*.yaml"))
-    raise FileNotFoundError(f"no config '{name_or_path}': give a YAML path or one of {available}")
+    raise ConfigError(f"no config '{name_or_path}': give a YAML path or one of {available}")
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConfig:
-    """Read a pipeline config; `candidates` of a task may be given as a mapping by name for merging."""
-    data = _read_yaml(Path(path))
+def load_config(path: str | Path, overrides: dict | None = None, presets_dir: Path | None = None) -> PipelineConfig:
+    """Read a pipeline config; `candidates` of a task may be given as a mapping by name for merging.
+
+    `presets_dir` (the project's configs/) is where `extends: NAME` is looked up when no
+    NAME.yaml lies beside the config itself.
+    """
+    path = Path(path)
+    data = _read_yaml(path, presets_dir)
     if overrides:
         data = _deep_merge(data, overrides)
     for task in ("classification", "generation"):
@@ -229,8 +259,23 @@ def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConf
         if section and isinstance(section.get("candidates"), dict):
             # Mappings merge cleanly across presets; `enabled: false` drops an inherited candidate.
             section["candidates"] = [
-                {"name": name, **{k: v for k, v in body.items() if k != "enabled"}}
+                {"name": name, **{k: v for k, v in (body or {}).items() if k != "enabled"}}
                 for name, body in section["candidates"].items()
-                if body.get("enabled", True)
+                if (body or {}).get("enabled", True)
             ]
-    return PipelineConfig.model_validate(data)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{path}: " + "; ".join(_describe_problem(p) for p in error.errors())) from error
+
+
+def load_named_config(name_or_path: str | Path, configs_dir: Path) -> PipelineConfig:
+    """A preset name or a YAML path, loaded with `extends:` resolved against `configs_dir`."""
+    return load_config(resolve_config_path(name_or_path, configs_dir), presets_dir=configs_dir)
+
+
+def _describe_problem(problem: dict) -> str:
+    where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+    if problem["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    return f"{where}: {problem['msg']}"

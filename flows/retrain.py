@@ -44,7 +44,7 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from components.config import DatasetSpec, PipelineConfig, load_config, resolve_config_path
+from components.config import DatasetSpec, PipelineConfig, load_named_config
 from components.data.fingerprint import dataset_version, file_md5, folder_listing
 from components.data.sources import file_sha256, find_package_folder
 from flows import bento, tracking, versioning
@@ -308,7 +308,7 @@ def failure_summary(settings: Settings, flow_run, state) -> str:
     before = json.loads(snapshot.read_text()) if snapshot.is_file() else None
     config = None
     try:
-        config = load_config(resolve_config_path(str(flow_run.parameters.get("config", "default")), settings.configs_dir))
+        config = load_named_config(str(flow_run.parameters.get("config", "default")), settings.configs_dir)
     except Exception:
         pass
     after = current_state(settings, config)
@@ -378,7 +378,7 @@ def retrain(config: str = "default", force: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
     settings = Settings.from_env()
     settings.apply()
-    cfg = load_config(resolve_config_path(config, settings.configs_dir))
+    cfg = load_named_config(config, settings.configs_dir)
     before = current_state(settings, cfg)
     snapshot = _snapshot_path(settings, str(current_flow_run.id))
     snapshot.parent.mkdir(parents=True, exist_ok=True)
