@@ -6,6 +6,7 @@ them, code reads them from these objects. Nothing here touches the disk at impor
 
 from __future__ import annotations
 
+import codecs
 import copy
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +45,12 @@ class SourceSpec(_Spec):
     label_column: str | None = "label"
     # Optional explicit split files, e.g. {"test": "holdout.csv"}; the rest is split from the source.
     split_files: dict[str, str] = Field(default_factory=dict)
+    # Text files (CSV, JSONL, text) are read as UTF-8, checked line by line. A file in another
+    # encoding is named here (e.g. "cp1252") and then decoded as a whole, strictly.
+    encoding: str | None = None
+    # A line that is not valid UTF-8 is an error ("reject"), or only that line is repaired:
+    # "replace" (U+FFFD for each bad byte) or "cp1252"; repaired lines go to the manifest.
+    encoding_errors: Literal["reject", "replace", "cp1252"] = "reject"
 
     @model_validator(mode="after")
     def _check_required(self) -> SourceSpec:
@@ -51,6 +58,11 @@ class SourceSpec(_Spec):
         field = needed[self.kind]
         if not getattr(self, field):
             raise ValueError(f"source kind '{self.kind}' needs '{field}'")
+        if self.encoding is not None:
+            try:
+                codecs.lookup(self.encoding)
+            except LookupError:
+                raise ValueError(f"encoding '{self.encoding}' is not an encoding Python knows") from None
         return self
 
 
@@ -66,6 +78,9 @@ class DatasetSpec(_Spec):
     min_chars: int = 1
     # Keep at most this many rows after cleaning (a stratified sample); None keeps all.
     max_rows: int | None = None
+    # Rows cleaning drops (empty, too short, duplicate): "error" fails the ingest listing them,
+    # "warn" drops them with a warning and lists them in the manifest.
+    row_issues: Literal["error", "warn"] = "error"
 
 
 class TrainingSpec(_Spec):

@@ -2,7 +2,8 @@
 
 All of it runs before splitting, so a text can never sit in two splits and the counts
 in the manifest describe exactly what was removed. Every step keeps the frame's index
-(the row number in the source) so that later steps can restore the source order.
+(the row number in the source) so that later steps can restore the source order, and
+every dropped row is reported with where it came from (its ``source_row``) and why.
 
 Classification texts are NFKC-normalised and every whitespace run becomes one space:
 labels depend on words, not layout, and "same article, different line breaks" must
@@ -20,24 +21,27 @@ from dataclasses import dataclass
 import pandas as pd
 
 from components.config import Task
-from components.data.sources import LABEL, TEXT
+from components.data.sources import LABEL, ROW, TEXT, RowIssue, RowRef
 
 _NEWLINES = re.compile(r"\r\n?")
 
 
 @dataclass(frozen=True)
 class Dropped:
-    """How many rows each cleaning step removed (recorded in the manifest)."""
+    """How many rows each cleaning step removed (recorded in the manifest), and which."""
 
     empty: int = 0
     duplicates: int = 0
     sampled_out: int = 0
+    # The rows cleaning dropped (empty, short, duplicate), in the order they were read.
+    rows: tuple[RowIssue, ...] = ()
 
     def __add__(self, other: Dropped) -> Dropped:
         return Dropped(
             self.empty + other.empty,
             self.duplicates + other.duplicates,
             self.sampled_out + other.sampled_out,
+            self.rows + other.rows,
         )
 
 
@@ -67,19 +71,27 @@ def drop_short(frame: pd.DataFrame, min_chars: int) -> tuple[pd.DataFrame, int]:
     return kept, len(frame) - len(kept)
 
 
-def drop_duplicates(frame: pd.DataFrame, seen: set[str] | None = None) -> tuple[pd.DataFrame, int]:
+def drop_duplicates(frame: pd.DataFrame, seen: dict[str, RowRef] | None = None) -> tuple[pd.DataFrame, int]:
     """Drop exact duplicate texts, keeping the first occurrence.
 
-    ``seen`` carries texts kept from frames processed earlier (pinned split files go
-    first, so a source row repeating a pinned test text is the one dropped); it is updated.
+    ``seen`` maps each text kept from frames processed earlier to the row that kept it
+    (pinned split files go first, so a source row repeating a pinned test text is the one
+    dropped); it is updated.
     """
-    seen = set() if seen is None else seen
+    seen = {} if seen is None else seen
     keep = []
-    for text in frame[TEXT]:
+    for text, where in zip(frame[TEXT], source_rows(frame), strict=True):
         keep.append(text not in seen)
-        seen.add(text)
+        seen.setdefault(text, where)
     kept = frame[keep]
     return kept, len(frame) - len(kept)
+
+
+def source_rows(frame: pd.DataFrame) -> list[RowRef]:
+    """Each row's origin: its ``source_row``, else its position (a frame built in memory)."""
+    if ROW in frame.columns:
+        return frame[ROW].tolist()
+    return [RowRef("rows", int(i) + 1) for i in range(len(frame))]
 
 
 def downsample(
@@ -108,10 +120,24 @@ def downsample(
 
 
 def clean(
-    frame: pd.DataFrame, *, task: Task, min_chars: int, seen: set[str] | None = None
+    frame: pd.DataFrame, *, task: Task, min_chars: int, seen: dict[str, RowRef] | None = None
 ) -> tuple[pd.DataFrame, Dropped]:
-    """Normalise, drop short/empty rows, then drop duplicates (in that order)."""
+    """Normalise, drop short/empty rows, then drop duplicates (in that order).
+
+    The returned :class:`Dropped` lists each dropped row with its reason, in frame order.
+    """
+    seen = {} if seen is None else seen
     normalized = normalize_frame(frame, task)
     non_empty, empty = drop_short(normalized, min_chars)
     unique, duplicates = drop_duplicates(non_empty, seen)
-    return unique, Dropped(empty=empty, duplicates=duplicates)
+    rows = []
+    for index, text, where in zip(normalized.index, normalized[TEXT], source_rows(normalized), strict=True):
+        if index in unique.index:
+            continue
+        if index in non_empty.index:
+            rows.append(RowIssue(where, f"duplicate text of {seen[text]}"))
+        elif isinstance(text, str) and text.strip():
+            rows.append(RowIssue(where, f"shorter than min_chars={min_chars}"))
+        else:
+            rows.append(RowIssue(where, "empty text"))
+    return unique, Dropped(empty=empty, duplicates=duplicates, rows=tuple(rows))

@@ -9,6 +9,10 @@ previous version are never modified in place (they may be links into DVC's cache
 Everything written is a pure function of the source and the spec: rows in source order
 within each split, no timestamps, no absolute paths, fixed Parquet settings. Ingesting
 the same source twice therefore gives the same bytes and the same data version.
+
+Every row cleaning drops and every line repaired under ``encoding_errors`` is reported by
+file and row, in the log and in the manifest (``dropped_rows``, ``repaired_rows``). A
+dropped row fails the ingest unless the dataset says ``row_issues: warn``.
 """
 
 from __future__ import annotations
@@ -26,13 +30,24 @@ from typing import Any
 
 import pandas as pd
 
-from components.config import DatasetSpec
+from components.config import DatasetSpec, SourceSpec
 from components.data.cleaning import Dropped, clean, downsample
 from components.data.dataset import CORPUS_SPLITS, MANIFEST_FILE, SPLITS
-from components.data.sources import LABEL, TEXT, read_source, read_split_files
+from components.data.sources import (
+    LABEL,
+    TEXT,
+    RowIssue,
+    RowRef,
+    describe_source,
+    read_source,
+    read_split_files,
+    redact_url,
+)
 from components.data.splitting import join_corpus, split_classification, split_corpus
 from components.data.validation import (
+    check_has_rows,
     check_labels,
+    check_row_issues,
     check_schema,
     validate_classification,
     validate_corpus,
@@ -43,6 +58,9 @@ log = logging.getLogger(__name__)
 PARQUET_COMPRESSION = "zstd"
 CLASSIFICATION_SCHEMA = {TEXT: "string", LABEL: "string"}
 CORPUS_SCHEMA = {TEXT: "string"}
+# Source options added after data.dvc was pinned: recorded only when set, so the manifest of
+# a source that does not use them keeps its bytes (and the dataset its version).
+_LATER_SOURCE_FIELDS = ("encoding", "encoding_errors")
 
 
 def ingest_dataset(spec: DatasetSpec, data_root: Path, *, cache_dir: Path, base_dir: Path) -> dict:
@@ -54,13 +72,25 @@ def ingest_dataset(spec: DatasetSpec, data_root: Path, *, cache_dir: Path, base_
     """
     data_root = Path(data_root)
     labelled = spec.task == "classification"
-    log.info("ingesting '%s' (%s) from a %s source", spec.name, spec.task, spec.source.kind)
+    origin = describe_source(spec.source)
+    log.info("ingesting '%s' (%s) from %s", spec.name, spec.task, origin)
 
+    repaired: list[RowIssue] = []
     source = read_source(
-        spec.source, base_dir=base_dir, cache_dir=cache_dir, data_root=data_root, require_label=labelled
+        spec.source,
+        base_dir=base_dir,
+        cache_dir=cache_dir,
+        data_root=data_root,
+        require_label=labelled,
+        repaired=repaired,
     )
-    pinned = read_split_files(spec.source, base_dir=base_dir, cache_dir=cache_dir, require_label=labelled)
+    pinned = read_split_files(
+        spec.source, base_dir=base_dir, cache_dir=cache_dir, require_label=labelled, repaired=repaired
+    )
     _check_pinned_splits(spec, pinned)
+    check_has_rows(source, origin)
+    for split, frame in pinned.items():
+        check_has_rows(frame, f"{split} split file {_location(spec.source.split_files[split])}")
     rows_read = len(source) + sum(len(frame) for frame in pinned.values())
     log.info(
         "read %d rows (%d from the source, pinned splits %s)",
@@ -76,6 +106,9 @@ def ingest_dataset(spec: DatasetSpec, data_root: Path, *, cache_dir: Path, base_
         dropped.duplicates,
         len(source) + sum(len(f) for f in pinned.values()),
     )
+    check_row_issues(spec.name, dropped.rows, spec.row_issues)
+    _log_dropped_rows(spec, dropped.rows)
+    check_has_rows(source, origin, after_cleaning=True)
 
     if labelled:
         # Schema and label checks before sampling and stratifying, whose errors would be obscure.
@@ -91,7 +124,7 @@ def ingest_dataset(spec: DatasetSpec, data_root: Path, *, cache_dir: Path, base_
     else:
         write, counts, labels = _prepare_corpus(spec, source, pinned)
     counts["read"] = rows_read
-    manifest = build_manifest(spec, counts=counts, dropped=dropped, labels=labels)
+    manifest = build_manifest(spec, counts=counts, dropped=dropped, labels=labels, repaired=repaired)
 
     def write_all(folder: Path) -> None:
         write(folder)
@@ -120,7 +153,7 @@ def _clean_all(
 
     A pinned split is kept exactly; a source row repeating one of its texts is dropped.
     """
-    seen: set[str] = set()
+    seen: dict[str, RowRef] = {}
     dropped = Dropped()
     cleaned: dict[str, pd.DataFrame] = {}
     for split in sorted(pinned, key=lambda s: ("test", "val").index(s)):
@@ -128,6 +161,25 @@ def _clean_all(
         dropped = dropped + step
     source, step = clean(source, task=spec.task, min_chars=spec.min_chars, seen=seen)
     return source, cleaned, dropped + step
+
+
+def _log_dropped_rows(spec: DatasetSpec, rows: tuple[RowIssue, ...]) -> None:
+    """One warning that says how many and where to look, then each row (allowed by ``row_issues: warn``)."""
+    if not rows:
+        return
+    log.warning(
+        "dataset '%s': dropped %d rows in cleaning (allowed by row_issues: warn), first %s",
+        spec.name,
+        len(rows),
+        "; ".join(str(issue) for issue in rows[:3]),
+    )
+    for issue in rows:
+        log.info("dropped %s", issue)
+
+
+def _location(value: str) -> str:
+    """A split file's path as given, or its URL without secrets."""
+    return redact_url(value) if "://" in value else value
 
 
 def _prepare_classification(
@@ -184,16 +236,29 @@ def _classification_counts(splits: dict[str, pd.DataFrame], labels: list[str]) -
     return {"rows": {split: len(frame) for split, frame in splits.items()}, "per_class": per_class}
 
 
-def build_manifest(spec: DatasetSpec, *, counts: dict, dropped: Dropped, labels: list[str]) -> dict:
-    """What the folder holds and how it was made; nothing machine- or time-dependent."""
+def build_manifest(
+    spec: DatasetSpec,
+    *,
+    counts: dict,
+    dropped: Dropped,
+    labels: list[str],
+    repaired: list[RowIssue] | tuple[RowIssue, ...] = (),
+) -> dict:
+    """What the folder holds and how it was made; nothing machine- or time-dependent.
+
+    ``dropped_rows`` lists the numbered rows (of CSV, JSONL, Parquet or dataset files)
+    that cleaning dropped, ``repaired_rows`` the lines ``encoding_errors`` repaired; each
+    key is there only when it has entries. Whole files a class folder's cleaning dropped
+    are logged, not listed: that folder's file names are their own listing, and listing
+    them would change the pinned BBC News manifest (it drops 100 known duplicates).
+    """
     classification = spec.task == "classification"
     splits = SPLITS if classification else CORPUS_SPLITS
     suffix = ".parquet" if classification else ".txt"
-    return {
+    manifest = {
         "name": spec.name,
         "task": spec.task,
-        # As written in the spec: relative paths stay relative, so the manifest is portable.
-        "source": spec.source.model_dump(mode="json"),
+        "source": source_record(spec.source),
         "seed": spec.seed,
         "val_fraction": spec.val_fraction,
         "test_fraction": spec.test_fraction if classification else 0.0,
@@ -209,6 +274,25 @@ def build_manifest(spec: DatasetSpec, *, counts: dict, dropped: Dropped, labels:
         "labels": labels,
         "files": sorted([f"{split}{suffix}" for split in splits] + [MANIFEST_FILE]),
     }
+    numbered = [issue.as_dict() for issue in dropped.rows if issue.where.number is not None]
+    if numbered:
+        manifest["dropped_rows"] = numbered
+    if repaired:
+        manifest["repaired_rows"] = [issue.as_dict() for issue in repaired]
+    return manifest
+
+
+def source_record(source: SourceSpec) -> dict[str, Any]:
+    """The source as written in the spec (relative paths stay relative, so the manifest is
+    portable), with URLs stripped of secrets and later options left out while unset."""
+    record = source.model_dump(mode="json")
+    for field in _LATER_SOURCE_FIELDS:
+        if record[field] == SourceSpec.model_fields[field].get_default(call_default_factory=True):
+            del record[field]
+    if record["url"]:
+        record["url"] = redact_url(record["url"])
+    record["split_files"] = {split: _location(value) for split, value in record["split_files"].items()}
+    return record
 
 
 # --------------------------------------------------------------------------- writing

@@ -1,14 +1,22 @@
 """Read a dataset's raw rows from wherever its :class:`SourceSpec` points.
 
-Every reader returns the same shape: a DataFrame with a ``text`` column (str) and a
+Every reader returns the same shape: a DataFrame with a ``text`` column (str), a
 ``label`` column (str, or None where the source has no labels, as for a generation
-corpus). Rows come in a fixed order (file order, or sorted class folder then sorted
-file name) so that ingesting the same source twice gives byte-identical files.
-Nothing here cleans text: that is :mod:`components.data.cleaning`'s job.
+corpus) and a ``source_row`` column (a :class:`RowRef`: the file and row each row came
+from, so that a dropped or repaired row can be reported where the user can find it).
+Rows come in a fixed order (file order, or sorted class folder then sorted file name)
+so that ingesting the same source twice gives byte-identical files. Nothing here cleans
+text: that is :mod:`components.data.cleaning`'s job.
+
+Text files (CSV, JSONL, text) are UTF-8, checked line by line: a bad line is an error
+naming it, or, when the source asks for it, only that line is repaired and reported.
+Decoding a whole file again in another encoding would silently rewrite every valid
+non-ASCII character of it ("£" becomes "Â£").
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import importlib.util
 import io
@@ -17,11 +25,13 @@ import logging
 import math
 import os
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -32,6 +42,7 @@ log = logging.getLogger(__name__)
 
 TEXT = "text"
 LABEL = "label"
+ROW = "source_row"
 _SUFFIX_FORMATS = {
     ".csv": "csv",
     ".jsonl": "jsonl",
@@ -40,6 +51,67 @@ _SUFFIX_FORMATS = {
     ".pq": "parquet",
     ".txt": "text",
 }
+
+
+@dataclass(frozen=True)
+class RowRef:
+    """Where a row came from: a file and its 1-based row (or line) number.
+
+    ``number`` is None where the whole file is one row (an article of a class folder, a
+    text file). CSV rows count data records after the header; JSONL rows are lines.
+    """
+
+    file: str
+    number: int | None = None
+    unit: Literal["row", "line"] = "row"
+
+    def __str__(self) -> str:
+        return self.file if self.number is None else f"{self.file} {self.unit} {self.number}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.file} if self.number is None else {"file": self.file, self.unit: self.number}
+
+
+@dataclass(frozen=True, repr=False)
+class RowIssue:
+    """A row that ingestion dropped or repaired, and why."""
+
+    where: RowRef
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+    def __repr__(self) -> str:
+        # How error messages list it (DataValidationError previews rows by repr): quoted, whole.
+        return repr(str(self))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.where.as_dict(), "reason": self.reason}
+
+
+def redact_url(url: str) -> str:
+    """``url`` without user:password, query string or fragment, fit for logs and manifests.
+
+    Signed URLs carry their secret in the query, basic auth in the netloc; the scheme,
+    host, port and path are enough to tell a reader where the data came from.
+    """
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def describe_source(source: SourceSpec) -> str:
+    """Where a source points, for messages: a path, a redacted URL, a package folder..."""
+    if source.kind == "package":
+        return f"package {source.package}" + (f"/{source.subdir}" if source.subdir else "")
+    if source.kind == "url":
+        return redact_url(source.url or "")
+    if source.kind == "hf":
+        return f"Hugging Face dataset {source.hf_name}"
+    if source.kind == "dataset":
+        return f"dataset {source.dataset}"
+    return str(source.path)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -52,22 +124,26 @@ def read_source(
     cache_dir: Path,
     data_root: Path,
     require_label: bool = True,
+    repaired: list[RowIssue] | None = None,
 ) -> pd.DataFrame:
-    """Rows of the main source as a ``text``/``label`` frame.
+    """Rows of the main source as a ``text``/``label``/``source_row`` frame.
 
     ``base_dir`` resolves relative paths (the project root), ``cache_dir`` keeps URL
     downloads, ``data_root`` holds already-ingested datasets (for ``kind: dataset``).
     With ``require_label`` False (generation corpora) a missing label column is fine.
+    Lines repaired under ``source.encoding_errors`` are appended to ``repaired``.
     """
     base_dir, cache_dir, data_root = Path(base_dir), Path(cache_dir), Path(data_root)
     if source.kind == "package":
         folder = find_package_folder(source.package or "", source.subdir)
-        return read_class_folder(folder)
+        return read_class_folder(folder, encoding=source.encoding)
     if source.kind == "path":
-        return read_table(resolve_path(source.path or "", base_dir), source, require_label=require_label)
+        return read_table(
+            resolve_path(source.path or "", base_dir), source, require_label=require_label, repaired=repaired
+        )
     if source.kind == "url":
         local = download(source.url or "", cache_dir, sha256=source.sha256)
-        return read_table(local, source, require_label=require_label)
+        return read_table(local, source, require_label=require_label, repaired=repaired)
     if source.kind == "hf":
         return read_hf(source, base_dir, require_label=require_label)
     if source.kind == "dataset":
@@ -81,12 +157,13 @@ def read_split_files(
     base_dir: Path,
     cache_dir: Path,
     require_label: bool = True,
+    repaired: list[RowIssue] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Rows of each explicit split file (``source.split_files``), keyed by split name.
 
     A value with ``://`` is a URL (downloaded and cached like a url source, without a
     checksum); anything else is a path relative to ``base_dir``. Each file is parsed
-    with the source's column settings; its format comes from its suffix.
+    with the source's column and encoding settings; its format comes from its suffix.
     """
     frames: dict[str, pd.DataFrame] = {}
     for split, location in sorted(source.split_files.items()):
@@ -96,7 +173,9 @@ def read_split_files(
             path = download(location, Path(cache_dir))
         else:
             path = resolve_path(location, Path(base_dir))
-        frames[split] = read_table(path, source, require_label=require_label, infer_format=True)
+        frames[split] = read_table(
+            path, source, require_label=require_label, infer_format=True, repaired=repaired
+        )
     return frames
 
 
@@ -152,13 +231,17 @@ def download(url: str, cache_dir: Path, sha256: str | None = None) -> Path:
         log.info("using cached download %s", target)
     else:
         folder.mkdir(parents=True, exist_ok=True)
-        log.info("downloading %s", url)
+        log.info("downloading %s", redact_url(url))
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
             os.replace(tmp, target)
+        except urllib.error.URLError as error:
+            Path(tmp).unlink(missing_ok=True)
+            # The library's message and traceback may quote the URL, secrets included.
+            raise ConnectionError(f"could not download {redact_url(url)}: {error.reason}") from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -167,7 +250,7 @@ def download(url: str, cache_dir: Path, sha256: str | None = None) -> Path:
         if actual.lower() != sha256.lower():
             target.unlink()
             raise ValueError(
-                f"sha256 mismatch for {url}: expected {sha256.lower()}, got {actual}; the file was deleted"
+                f"sha256 mismatch for {redact_url(url)}: expected {sha256.lower()}, got {actual}; the file was deleted"
             )
     return target
 
@@ -184,11 +267,12 @@ def file_sha256(path: Path) -> str:
 
 
 def decode_text(data: bytes) -> str:
-    """Bytes to str: UTF-8 (a BOM is dropped), else Windows-1252, else Latin-1.
+    """One article of a class folder: UTF-8 (a BOM is dropped), else Windows-1252, else Latin-1.
 
-    Older corpora such as BBC News hold a few cp1252 files (a bare 0xA3 for "£"), which
-    are not valid UTF-8. Latin-1 never fails, so it is the last resort for the five bytes
-    cp1252 leaves undefined.
+    Each article is its own file, so a guess here cannot rewrite another article. Older
+    corpora such as BBC News hold a few cp1252 files (a bare 0xA3 for "£"), which are not
+    valid UTF-8. Latin-1 never fails, so it is the last resort for the five bytes cp1252
+    leaves undefined.
     """
     for encoding in ("utf-8-sig", "cp1252"):
         try:
@@ -198,8 +282,95 @@ def decode_text(data: bytes) -> str:
     return data.decode("latin-1")
 
 
-def read_text_file(path: Path) -> str:
-    return decode_text(Path(path).read_bytes())
+def decode_lines(
+    data: bytes,
+    *,
+    file: str,
+    encoding: str | None = None,
+    errors: Literal["reject", "replace", "cp1252"] = "reject",
+    repaired: list[RowIssue] | None = None,
+) -> str:
+    """Bytes of a text file (CSV, JSONL, text) to str, never re-decoding valid lines.
+
+    With ``encoding`` named, the whole file is decoded with it, strictly. Otherwise the
+    file is UTF-8 (a BOM is dropped), checked line by line: a line that is not valid
+    UTF-8 raises a ``DataValidationError`` naming the line and the byte offset of its first
+    bad byte (``errors="reject"``), or only that line is repaired (``"replace"``: U+FFFD per
+    bad byte; ``"cp1252"``: the line decoded as Windows-1252) and appended to ``repaired``.
+    """
+    if encoding is not None:
+        if codecs.lookup(encoding).name == "utf-8":
+            encoding = "utf-8-sig"  # a BOM is not text
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError as error:
+            line = data.count(b"\n", 0, error.start) + 1
+            raise _data_error(
+                "encoding",
+                f"{file} is not valid {encoding}: first bad byte 0x{data[error.start]:02x} at byte offset "
+                f"{error.start} (line {line}); set `encoding` on the source to the file's real encoding",
+                [str(RowRef(file, line, "line"))],
+            ) from None
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError:
+        pass  # some line is bad: find it; UTF-8 never spans a newline, so lines decode alone
+    parts: list[str] = []
+    offset = start
+    for number, line in enumerate(data[start:].splitlines(keepends=True), start=1):
+        try:
+            parts.append(line.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            where = RowRef(file, number, "line")
+            bad = (
+                f"first bad byte 0x{line[error.start]:02x} at byte offset {offset + error.start} "
+                f"(byte {error.start + 1} of the line)"
+            )
+            if errors == "reject":
+                raise _data_error(
+                    "encoding",
+                    f"{file} line {number} is not valid UTF-8, {bad}; fix the file, name its encoding "
+                    "(`encoding: cp1252` on the source), or set `encoding_errors: replace` or "
+                    "`encoding_errors: cp1252` on the source to repair only such lines",
+                    [str(where)],
+                ) from None
+            parts.append(_repair_line(line, errors))
+            issue = RowIssue(where, f"not valid UTF-8, {bad}; repaired by encoding_errors: {errors}")
+            log.warning("%s", issue)
+            if repaired is not None:
+                repaired.append(issue)
+        offset += len(line)
+    return "".join(parts)
+
+
+def _repair_line(line: bytes, how: str) -> str:
+    if how == "replace":
+        return line.decode("utf-8", errors="replace")
+    try:
+        return line.decode("cp1252")
+    except UnicodeDecodeError:
+        return line.decode("latin-1")  # the five bytes cp1252 leaves undefined
+
+
+def _data_error(rule: str, problem: str, rows: Sequence[Any] = ()) -> Exception:
+    # Imported here because components.data.validation imports this module's column names.
+    from components.data.validation import DataValidationError
+
+    return DataValidationError(rule, problem, rows)
+
+
+def read_text_file(
+    path: Path, source: SourceSpec | None = None, repaired: list[RowIssue] | None = None
+) -> str:
+    """A CSV, JSONL or text file as str, with the source's encoding settings (UTF-8 by default)."""
+    return decode_lines(
+        Path(path).read_bytes(),
+        file=Path(path).name,
+        encoding=source.encoding if source else None,
+        errors=source.encoding_errors if source else "reject",
+        repaired=repaired,
+    )
 
 
 def detect_format(path: Path, declared: str = "auto") -> str:
@@ -223,8 +394,9 @@ def read_table(
     *,
     require_label: bool = True,
     infer_format: bool = False,
+    repaired: list[RowIssue] | None = None,
 ) -> pd.DataFrame:
-    """Parse one file or class folder with the source's column settings.
+    """Parse one file or class folder with the source's column and encoding settings.
 
     ``infer_format`` prefers the suffix over ``source.format`` (split files may differ
     from the main source); the declared format is the fallback for unknown suffixes.
@@ -234,27 +406,48 @@ def read_table(
         fmt = "auto"
     fmt = detect_format(path, fmt)
     if fmt == "folder":
-        return read_class_folder(path)
+        return read_class_folder(path, encoding=source.encoding)
+    rows = None
     if fmt == "text":
-        return pd.DataFrame({TEXT: [read_text_file(path)], LABEL: [None]}, dtype=object)
+        text = read_text_file(path, source, repaired)
+        return pd.DataFrame({TEXT: [text], LABEL: [None], ROW: [RowRef(path.name)]}, dtype=object)
     if fmt == "csv":
-        # dtype=str and no NA guessing: a text "NA" or a label "None" stays a string.
-        raw = pd.read_csv(io.StringIO(read_text_file(path)), dtype=str, keep_default_na=False)
+        raw = read_csv_text(read_text_file(path, source, repaired), path.name)
     elif fmt == "jsonl":
-        raw = pd.DataFrame.from_records(read_jsonl(path))
+        records, lines = read_jsonl(path, source, repaired)
+        raw = pd.DataFrame.from_records(records)
+        rows = [RowRef(path.name, line, "line") for line in lines]
     elif fmt == "parquet":
         raw = pd.read_parquet(path)
     else:
         raise ValueError(f"unsupported format '{fmt}'")
     return select_columns(
-        raw, source.text_columns, source.label_column, origin=path.name, require_label=require_label
+        raw,
+        source.text_columns,
+        source.label_column,
+        origin=path.name,
+        require_label=require_label,
+        rows=rows,
     )
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """One JSON object per non-blank line; a bad line is reported with its number."""
-    records = []
-    for number, line in enumerate(read_text_file(path).splitlines(), start=1):
+def read_csv_text(text: str, file: str) -> pd.DataFrame:
+    """A decoded CSV as a frame of strings; an empty or malformed file names itself."""
+    try:
+        # dtype=str and no NA guessing: a text "NA" or a label "None" stays a string.
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise _data_error("no rows", f"{file} is empty: no header and no rows") from None
+    except pd.errors.ParserError as error:
+        raise ValueError(f"{file} is not a valid CSV file: {error}") from None
+
+
+def read_jsonl(
+    path: Path, source: SourceSpec | None = None, repaired: list[RowIssue] | None = None
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """One JSON object per non-blank line, with the line numbers; a bad line is reported."""
+    records, lines = [], []
+    for number, line in enumerate(read_text_file(path, source, repaired).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -264,23 +457,33 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         if not isinstance(record, dict):
             raise ValueError(f"{path.name}: line {number} is not a JSON object")
         records.append(record)
-    return records
+        lines.append(number)
+    return records, lines
 
 
-def read_class_folder(folder: Path) -> pd.DataFrame:
-    """One row per ``<class>/<file>.txt``, label = class folder name, in sorted order."""
+def read_class_folder(folder: Path, encoding: str | None = None) -> pd.DataFrame:
+    """One row per ``<class>/<file>.txt``, label = class folder name, in sorted order.
+
+    Each file is decoded on its own (:func:`decode_text`), or strictly with ``encoding``.
+    """
     folder = Path(folder)
     texts: list[str] = []
     labels: list[str] = []
+    rows: list[RowRef] = []
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     for class_dir in classes:
         for file in sorted(class_dir.glob("*.txt")):
-            texts.append(read_text_file(file))
+            where = f"{class_dir.name}/{file.name}"
+            data = file.read_bytes()
+            texts.append(
+                decode_text(data) if encoding is None else decode_lines(data, file=where, encoding=encoding)
+            )
             labels.append(class_dir.name)
+            rows.append(RowRef(where))
     if not texts:
         raise ValueError(f"{folder}: expected one sub-folder of .txt files per class, found no .txt files")
     log.info("read %d files in %d class folders under %s", len(texts), len(classes), folder)
-    return pd.DataFrame({TEXT: texts, LABEL: labels}, dtype=object)
+    return pd.DataFrame({TEXT: texts, LABEL: labels, ROW: rows}, dtype=object)
 
 
 def select_columns(
@@ -290,8 +493,10 @@ def select_columns(
     *,
     origin: str,
     require_label: bool = True,
+    rows: Sequence[RowRef] | None = None,
 ) -> pd.DataFrame:
-    """Reduce a parsed table to ``text`` (text columns joined by a newline) and ``label``."""
+    """Reduce a parsed table to ``text`` (text columns joined by a newline), ``label`` and
+    ``source_row`` (``rows``, by default row ``i + 1`` of ``origin``)."""
     present = [str(c) for c in raw.columns]
     for column in text_columns:
         if column not in raw.columns:
@@ -305,7 +510,9 @@ def select_columns(
         raise KeyError(f"{origin}: label column '{label_column}' not found; columns present: {present}")
     else:
         labels = [None] * len(raw)
-    return pd.DataFrame({TEXT: texts, LABEL: labels}, dtype=object)
+    if rows is None:
+        rows = [RowRef(origin, number) for number in range(1, len(raw) + 1)]
+    return pd.DataFrame({TEXT: texts, LABEL: labels, ROW: list(rows)}, dtype=object)
 
 
 def _is_missing(value: Any) -> bool:
@@ -377,10 +584,15 @@ def read_ingested_dataset(folder: Path) -> pd.DataFrame:
             "only classification datasets can feed another dataset"
         )
     frames = [pd.read_parquet(folder / f"{split}.parquet") for split in SPLITS]
+    rows = (
+        [RowRef(f"{folder.name}/{split}.parquet", number) for number in range(1, len(frame) + 1)]
+        for split, frame in zip(SPLITS, frames, strict=True)
+    )
     return pd.DataFrame(
         {
             TEXT: list(_concat(f[TEXT].tolist() for f in frames)),
             LABEL: list(_concat(f[LABEL].tolist() for f in frames)),
+            ROW: list(_concat(rows)),
         },
         dtype=object,
     )

@@ -11,6 +11,11 @@ text``, ``empty split`` (train and val need rows), ``too few classes`` (at least
 learnt and evaluated, and stratification fails on it), ``unknown label`` (a label in
 val or test absent from train: no model can predict it) and ``leakage`` (a text in two
 splits inflates every test score). Generation: ``schema``, ``empty split``.
+
+While reading and cleaning, both tasks: ``no rows`` (a source or split file with no data
+rows, or none left after cleaning), ``encoding`` (a line that is not valid UTF-8, raised by
+:mod:`components.data.sources`) and ``row issues`` (rows cleaning would drop, unless the
+dataset allows it with ``row_issues: warn``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from components.data.sources import LABEL, TEXT
+from components.data.sources import LABEL, TEXT, RowIssue
 
 PREVIEW_ROWS = 5
 _PREVIEW_CHARS = 60
@@ -144,6 +149,27 @@ def check_leakage(splits: Mapping[str, pd.DataFrame]) -> None:
         pairs = sorted({" and ".join(sorted(where[t])) for t in shared})
         raise DataValidationError(
             "leakage", f"{len(shared)} texts appear in more than one split ({'; '.join(pairs)})", shared
+        )
+
+
+def check_has_rows(frame: pd.DataFrame, origin: str, *, after_cleaning: bool = False) -> None:
+    """``origin`` (a file, URL or dataset) gave at least one row, or kept one through cleaning."""
+    if len(frame):
+        return
+    if after_cleaning:
+        raise DataValidationError("no rows", f"every row of {origin} was dropped in cleaning")
+    raise DataValidationError("no rows", f"{origin} has no data rows (a header alone, or nothing)")
+
+
+def check_row_issues(dataset: str, issues: Sequence[RowIssue], policy: str) -> None:
+    """Rows that cleaning dropped fail the ingest unless the dataset says ``row_issues: warn``."""
+    if issues and policy == "error":
+        raise DataValidationError(
+            "row issues",
+            f"dataset '{dataset}': cleaning would drop {len(issues)} rows (empty, too short or duplicate "
+            f"texts); fix the source, or set `row_issues: warn` on dataset '{dataset}' to drop them "
+            "with a warning",
+            issues,
         )
 
 

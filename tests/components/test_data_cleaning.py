@@ -13,7 +13,7 @@ from components.data.cleaning import (
     normalize_document,
     normalize_text,
 )
-from components.data.sources import read_class_folder
+from components.data.sources import RowIssue, RowRef, read_class_folder
 
 
 def frame(texts, labels=None) -> pd.DataFrame:
@@ -41,6 +41,31 @@ def test_clean_drops_empty_short_and_duplicates_keeping_first():
     assert cleaned["label"].tolist() == ["a", "b", "a"]  # labels stripped
     assert cleaned.index.tolist() == [0, 4, 5]  # source row numbers survive
     assert (dropped.empty, dropped.duplicates) == (2, 1)
+    assert [str(issue) for issue in dropped.rows] == [  # in source order, each with its reason
+        "rows row 2: empty text",
+        "rows row 3: shorter than min_chars=3",
+        "rows row 4: duplicate text of rows row 1",
+    ]
+
+
+def test_dropped_rows_name_their_source_row():
+    raw = frame(["kept", "", "kept"])
+    raw["source_row"] = [RowRef("a.csv", 1), RowRef("a.csv", 2), RowRef("a.csv", 3)]
+    seen = {"pinned": RowRef("test.csv", 5)}
+    more = frame(["pinned"])
+    more["source_row"] = [RowRef("b.jsonl", 9, "line")]
+    _, first = clean(raw, task="classification", min_chars=1, seen=seen)
+    _, second = clean(more, task="classification", min_chars=1, seen=seen)
+    assert (first + second).rows == (
+        RowIssue(RowRef("a.csv", 2), "empty text"),
+        RowIssue(RowRef("a.csv", 3), "duplicate text of a.csv row 1"),
+        RowIssue(RowRef("b.jsonl", 9, "line"), "duplicate text of test.csv row 5"),
+    )
+    assert (first + second).rows[2].as_dict() == {
+        "file": "b.jsonl",
+        "line": 9,
+        "reason": "duplicate text of test.csv row 5",
+    }
 
 
 def test_generation_cleaning_keeps_newlines():
@@ -50,11 +75,11 @@ def test_generation_cleaning_keeps_newlines():
 
 
 def test_drop_duplicates_honours_texts_seen_earlier():
-    seen = {"pinned"}
+    seen = {"pinned": RowRef("test.csv", 1)}
     kept, n = drop_duplicates(frame(["pinned", "fresh", "fresh"]), seen)
     assert kept["text"].tolist() == ["fresh"]
     assert n == 2
-    assert seen == {"pinned", "fresh"}
+    assert seen == {"pinned": RowRef("test.csv", 1), "fresh": RowRef("rows", 2)}  # the first rows kept
 
 
 def test_downsample_stratified_deterministic_and_in_source_order():

@@ -1,4 +1,4 @@
-"""Readers of every source kind return the same text/label frame, in a fixed order."""
+"""Readers of every source kind return the same text/label/source_row frame, in a fixed order."""
 
 from __future__ import annotations
 
@@ -12,9 +12,21 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
-from components.config import SourceSpec
-from components.data.sources import decode_text, download, read_source, read_split_files
+from components.config import DatasetSpec, SourceSpec
+from components.data.ingest import ingest_dataset
+from components.data.sources import (
+    RowIssue,
+    RowRef,
+    decode_lines,
+    decode_text,
+    download,
+    read_source,
+    read_split_files,
+    redact_url,
+)
+from components.data.validation import DataValidationError
 
 
 def read(source: dict, tmp_path: Path, **kwargs) -> pd.DataFrame:
@@ -48,6 +60,7 @@ def test_package_source_reads_class_folders_without_importing(tmp_path, monkeypa
     # Sorted class folder, then sorted file name; cp1252 bytes decoded, not mangled.
     assert frame["text"].tolist() == ["Tickets cost \u00a315", "first sport", "second sport"]
     assert frame["label"].tolist() == ["arts", "sport", "sport"]
+    assert [str(r) for r in frame["source_row"]] == ["arts/z.txt", "sport/a.txt", "sport/b.txt"]
 
 
 def test_package_source_missing_package_says_so(tmp_path):
@@ -90,11 +103,71 @@ def test_csv_with_two_text_columns_joined(tmp_path):
     assert frame["label"].tolist() == ["biz", "sport"]
 
 
-def test_csv_keeps_na_like_strings_and_reads_cp1252(tmp_path):
+def test_csv_keeps_na_like_strings_and_reads_a_named_encoding(tmp_path):
     (tmp_path / "t.csv").write_bytes("text,label\nNA,None\ncaf\u00e9 \u00a33,x\n".encode("cp1252"))
-    frame = read({"kind": "path", "path": "t.csv"}, tmp_path)
+    with pytest.raises(DataValidationError, match=r"t.csv line 3 is not valid UTF-8"):
+        read({"kind": "path", "path": "t.csv"}, tmp_path)  # cp1252 is not guessed for a whole file
+    frame = read({"kind": "path", "path": "t.csv", "encoding": "cp1252"}, tmp_path)
     assert frame["text"].tolist() == ["NA", "caf\u00e9 \u00a33"]
     assert frame["label"].tolist() == ["None", "x"]
+    assert [str(r) for r in frame["source_row"]] == ["t.csv row 1", "t.csv row 2"]
+
+
+# --------------------------------------------------------------------------- encodings
+
+POUND_ROWS = [f"Item {i} costs \u00a3{i}.50" for i in range(1, 6)]
+
+
+def pound_csv(path: Path) -> Path:
+    """A UTF-8 CSV: five rows holding "£", and one (line 4) holding a bare cp1252 0xA3 byte."""
+    lines = [b"text,label"] + [f"{t},shop".encode() for t in POUND_ROWS]
+    lines.insert(3, b"Broken \xa35 row,shop")
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_bad_utf8_line_is_rejected_naming_line_and_byte_offset(tmp_path):
+    pound_csv(tmp_path / "shop.csv")
+    with pytest.raises(DataValidationError) as caught:
+        read({"kind": "path", "path": "shop.csv"}, tmp_path)
+    message = str(caught.value)
+    offset = (tmp_path / "shop.csv").read_bytes().index(b"Broken \xa3") + len("Broken ")
+    assert caught.value.rule == "encoding"
+    assert f"shop.csv line 4 is not valid UTF-8, first bad byte 0xa3 at byte offset {offset}" in message
+    assert "encoding_errors: replace" in message  # says how to allow it
+
+
+@pytest.mark.parametrize(
+    ("how", "repaired_text"), [("replace", "Broken \ufffd5 row"), ("cp1252", "Broken \u00a35 row")]
+)
+def test_encoding_errors_repair_only_the_bad_line(tmp_path, how, repaired_text):
+    pound_csv(tmp_path / "shop.csv")
+    repaired: list[RowIssue] = []
+    frame = read({"kind": "path", "path": "shop.csv", "encoding_errors": how}, tmp_path, repaired=repaired)
+    assert frame["text"].tolist() == [*POUND_ROWS[:2], repaired_text, *POUND_ROWS[2:]]  # every "£" intact
+    assert [issue.where for issue in repaired] == [RowRef("shop.csv", 4, "line")]
+    assert f"encoding_errors: {how}" in repaired[0].reason
+
+
+def test_decode_lines_drops_a_bom_and_a_named_encoding_is_strict():
+    assert decode_lines("\ufeffa,\u00a3\n".encode(), file="f.csv") == "a,\u00a3\n"
+    assert decode_lines("\ufeffa\n".encode(), file="f.csv", encoding="utf-8") == "a\n"
+    with pytest.raises(
+        DataValidationError,
+        match=r"f.csv is not valid ascii: first bad byte 0xc2 at byte offset 4 \(line 2\)",
+    ):
+        decode_lines("ok\r\n\u00a3\n".encode(), file="f.csv", encoding="ascii")
+
+
+def test_unknown_encoding_is_a_config_error():
+    with pytest.raises(ValidationError, match="encoding 'klingon'"):
+        SourceSpec(kind="path", path="x.csv", encoding="klingon")
+
+
+def test_empty_csv_says_no_rows(tmp_path):
+    (tmp_path / "t.csv").write_bytes(b"")
+    with pytest.raises(DataValidationError, match=r"rule 'no rows': t.csv is empty"):
+        read({"kind": "path", "path": "t.csv"}, tmp_path)
 
 
 def test_missing_column_error_names_it_and_lists_columns(tmp_path):
@@ -117,6 +190,11 @@ def test_jsonl(tmp_path):
     frame = read({"kind": "path", "path": "rows.jsonl"}, tmp_path)
     assert frame["text"].tolist() == ["one", "two", ""]
     assert frame["label"].tolist() == ["1", "0", None]
+    assert [str(r) for r in frame["source_row"]] == [
+        "rows.jsonl line 1",
+        "rows.jsonl line 2",
+        "rows.jsonl line 3",
+    ]
 
 
 def test_jsonl_bad_line_is_reported_with_its_number(tmp_path):
@@ -216,6 +294,39 @@ def test_url_over_local_http(tmp_path, http_root):
     (root / "rows.jsonl").write_text('{"body": "served", "label": "x"}\n')
     frame = read({"kind": "url", "url": f"{base}/rows.jsonl", "text_columns": ["body"]}, tmp_path)
     assert frame["text"].tolist() == ["served"]
+
+
+def test_redact_url_drops_credentials_query_and_fragment():
+    assert redact_url("https://alice:s3cret@data.example.com:8443/a/b.csv?X-Amz-Signature=abc&t=1#part") == (
+        "https://data.example.com:8443/a/b.csv"
+    )
+    assert redact_url("http://token@host/x.csv") == "http://host/x.csv"
+    assert redact_url("file:///tmp/rows.csv") == "file:///tmp/rows.csv"
+
+
+def test_url_secrets_stay_out_of_the_manifest_and_the_log(tmp_path, http_root, caplog, labelled_rows):
+    root, base = http_root
+    pd.DataFrame(labelled_rows).to_csv(root / "rows.csv", index=False)
+    pd.DataFrame(labelled_rows[:3]).to_csv(root / "held.csv", index=False)
+    url = f"{base}/rows.csv?sig=TOPSECRET#frag"
+    spec = DatasetSpec(
+        name="web",
+        source={"kind": "url", "url": url, "split_files": {"test": f"{base}/held.csv?sig=TOPSECRET"}},
+        row_issues="warn",
+    )
+    with caplog.at_level("DEBUG"):
+        manifest = ingest_dataset(spec, tmp_path / "data", cache_dir=tmp_path / "cache", base_dir=tmp_path)
+    assert manifest["source"]["url"] == f"{base}/rows.csv"
+    assert manifest["source"]["split_files"] == {"test": f"{base}/held.csv"}
+    assert "TOPSECRET" not in (tmp_path / "data" / "web" / "manifest.json").read_text()
+    assert "downloading" in caplog.text and "TOPSECRET" not in caplog.text
+
+
+def test_failed_download_names_the_url_without_secrets(tmp_path, http_root):
+    _, base = http_root
+    with pytest.raises(ConnectionError, match=rf"could not download {base}/gone.csv: ") as caught:
+        download(f"{base}/gone.csv?sig=TOPSECRET", tmp_path / "cache")
+    assert "TOPSECRET" not in str(caught.value)
 
 
 # --------------------------------------------------------------------------- hf

@@ -5,8 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from components.data.sources import RowIssue, RowRef
 from components.data.validation import (
     DataValidationError,
+    check_has_rows,
+    check_row_issues,
     validate_classification,
     validate_corpus,
 )
@@ -133,3 +136,25 @@ def test_corpus_rules():
     assert caught.value.rule == "empty split"
     with pytest.raises(DataValidationError, match="rule 'schema'"):
         validate_corpus({"train": "x", "val": None})
+
+
+def test_no_rows_names_the_origin():
+    empty = frame([], [])
+    with pytest.raises(DataValidationError, match=r"rule 'no rows': data/x.csv has no data rows"):
+        check_has_rows(empty, "data/x.csv")
+    with pytest.raises(DataValidationError, match=r"rule 'no rows': every row of data/x.csv was dropped"):
+        check_has_rows(empty, "data/x.csv", after_cleaning=True)
+    check_has_rows(frame(["a"], ["b"]), "data/x.csv")
+
+
+def test_row_issues_fail_unless_warned():
+    issues = [RowIssue(RowRef("x.csv", n), "empty text") for n in range(1, 8)]
+    with pytest.raises(DataValidationError) as caught:
+        check_row_issues("news", issues, "error")
+    message = str(caught.value)
+    assert caught.value.rule == "row issues" and caught.value.rows == issues
+    assert "drop 7 rows" in message and "set `row_issues: warn` on dataset 'news'" in message
+    # The first rows in full (file, row, reason), then how many more.
+    assert "'x.csv row 1: empty text', 'x.csv row 2: empty text'" in message and "... 2 more" in message
+    check_row_issues("news", issues, "warn")
+    check_row_issues("news", [], "error")

