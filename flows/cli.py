@@ -1,16 +1,22 @@
 """`maas`: the command line of the pipeline (Typer).
 
 Each command points the libraries at MAAS_HOME first (see flows.settings), then imports
-the flows, so Prefect and BentoML never start with the wrong home folder.
+the flows, so Prefect and BentoML never start with the wrong home folder. A problem the
+user can fix (a config, a column, the data, a port) ends the command with one line naming
+it and exit code 2; the traceback goes to the command's log file under MAAS_HOME/logs (or
+to the terminal with --debug). Anything else exits 1, with the same log file.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
-import subprocess
 import sys
+import time
+import traceback
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,23 +26,159 @@ app = typer.Typer(
 )
 
 ConfigOption = Annotated[str, typer.Option("--config", "-c", help="A preset in configs/ (default, smoke, gpu) or a YAML path.")]
+DEBUG_ENV = "MAAS_DEBUG"
+USAGE_ERROR = 2
+NOTHING_LOST = ("Nothing half-done was kept: data.dvc moves only after every dataset validated, the champion alias "
+                "only after a better model was registered, the Bento only after a successful build.")
 
 
-def _setup(config: str | None = None):
+class UsageError(Exception):
+    """A problem the user can fix (a taken port, a file that would be overwritten): exit 2, one line."""
+
+
+class _Run:
+    """What the current command knows about itself: its name and its log file."""
+
+    command = "maas"
+    log_path: Path | None = None
+    started_work = False  # past set-up: a failure may have left work to undo (and did not)
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV) == "1"
+
+
+def _is_usage_error(error: BaseException) -> bool:
+    from components.config import ConfigError
+    from components.data.validation import DataValidationError
+
+    return isinstance(error, UsageError | ConfigError | DataValidationError | FileNotFoundError | KeyError
+                      | ValueError | ImportError)
+
+
+def _message(error: BaseException) -> str:
+    # KeyError's str() is the repr of its argument: show the sentence itself.
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(str(text).split()) or type(error).__name__
+
+
+def handled(command):
+    """Run a command; turn its exceptions into one line and an exit code (2: the user's to fix, 1: ours)."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        _Run.command = command.__name__
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.BadParameter, KeyboardInterrupt):
+            raise
+        except Exception as error:
+            _log_traceback(error)
+            usage = _is_usage_error(error)
+            where = f" (traceback: {_Run.log_path})" if _Run.log_path and not _debug() else ""
+            if usage:
+                typer.secho(f"error: {_message(error)}", fg="red", err=True)
+                if where:
+                    typer.echo(f"Full log{where[12:-1]}; run with --debug for the traceback here.", err=True)
+            else:
+                typer.secho(f"maas {_Run.command} failed: {type(error).__name__}: {_message(error)}{where}",
+                            fg="red", err=True)
+            if _Run.started_work:
+                typer.echo(NOTHING_LOST, err=True)
+            raise typer.Exit(USAGE_ERROR if usage else 1) from None
+
+    return run
+
+
+def _log_traceback(error: BaseException) -> None:
+    text = "".join(traceback.format_exception(error))
+    if _debug():
+        typer.echo(text, err=True)
+    if _Run.log_path is not None:
+        with _Run.log_path.open("a") as log:
+            log.write(text)
+
+
+class _WithoutTraceback(logging.Formatter):
+    """A console formatter that leaves tracebacks to the log file (--debug shows them)."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def _route_logs(settings) -> None:
+    """Every log line of this command to MAAS_HOME/logs/<time>-<command>-<pid>.log; none of the tracebacks
+    to the terminal unless --debug. Call after Prefect configured logging (importing it does)."""
+    folder = settings.home / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    _Run.log_path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{_Run.command}-{os.getpid()}.log"
+    handler = logging.FileHandler(_Run.log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    if not _debug():
+        for console in root.handlers:
+            if isinstance(console, logging.StreamHandler) and not isinstance(console, logging.FileHandler):
+                console.setFormatter(_WithoutTraceback(console.formatter))
+    root.addHandler(handler)
+    # Library warnings (MLflow's signature notes, deprecations) are for the log, not for the user.
+    logging.captureWarnings(True)
+    if not _debug():
+        warnings_log = logging.getLogger("py.warnings")
+        warnings_log.propagate = False
+        warnings_log.addHandler(handler)
+
+
+def _setup(config: str | None = None, *, flows: bool = False):
+    """Settings applied; with `flows`, the stores set up and a Prefect server for this process."""
     from flows.settings import Settings
 
     settings = Settings.from_env()
     settings.apply()
-    _quiet_shutdown_noise()
-    if config is None:
-        return settings, None
-    from components.config import load_config, resolve_config_path
+    cfg = None
+    if config is not None:
+        from components.config import load_named_config
 
-    return settings, load_config(resolve_config_path(config, settings.configs_dir))
+        cfg = load_named_config(config, settings.configs_dir)
+    if flows:
+        from flows import runtime, tracking  # noqa: F401  (imports mlflow, which sets its loggers up)
+
+        _quiet_mlflow()
+        runtime.prepare(settings, say=lambda line: typer.echo(line, err=True))
+        import prefect  # noqa: F401  (configures logging: route it next)
+
+        _quiet_shutdown_noise()
+        _route_logs(settings)
+        _Run.started_work = True
+    return settings, cfg
+
+
+def _quiet_mlflow() -> None:
+    """MLflow's own INFO lines ("Creating initial MLflow database tables", "Created version '3'") repeat
+    what the flow's log says."""
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _process_tags():
+    """Tags every flow run of this command with this process, so a later start can spot it killed."""
+    from prefect import tags
+
+    from flows.runtime import process_tag
+
+    return tags(process_tag())
 
 
 def _quiet_shutdown_noise() -> None:
-    """Prefect's ephemeral server logs CancelledError tracebacks when the process exits: hide them."""
+    """Prefect's server client logs CancelledError tracebacks when the process exits: hide them."""
     for name in ("uvicorn.error", "prefect._internal.concurrency", "prefect.events.clients"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
@@ -63,47 +205,110 @@ def _print_summary(summary: dict) -> None:
         decision = task["decision"]
         verb = "promoted" if decision["promoted"] else "kept"
         console.print(f"{task_name}: {verb} ({decision['reason']}); champion: {decision['registered_model']} v{decision['champion_version']}")
-    console.print(f"[bold]Bento:[/bold] {summary.get('bento')}  (serve it: maas serve)")
+    console.print(f"[bold]Bento:[/bold] {summary.get('bento')}")
+    console.print("Next: [bold]maas serve[/bold] (the API on http://127.0.0.1:3000), [bold]maas ui[/bold] "
+                  "(runs and charts in MLflow), [bold]maas compare[/bold] (the leaderboard).")
+    if _Run.log_path is not None:
+        console.print(f"Log: {_Run.log_path}")
 
 
-def _fail(step: str, error: BaseException) -> None:
-    typer.secho(f"\n{step} failed: {type(error).__name__}: {error}", fg="red", err=True)
-    typer.secho(
-        "Nothing half-done was kept: data.dvc moves only after every dataset validated, the champion alias "
-        "only after a better model was registered, the Bento only after a successful build.",
-        err=True,
-    )
-    raise typer.Exit(1)
+TextColumns = Annotated[list[str] | None, typer.Option(
+    "--text-column", help="A text column of --data (repeat it: several are joined with a newline, in the order given).")]
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Print tracebacks on the terminal (also: MAAS_DEBUG=1).")] = False,
+) -> None:
+    """maas: models as a service."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 @app.command()
+@handled
 def pipeline(
     config: ConfigOption = "default",
     force: Annotated[bool, typer.Option(help="Retrain even when a cached result exists.")] = False,
     skip_ingest: Annotated[bool, typer.Option(help="Train on the data pinned by data.dvc (dvc pull if missing).")] = False,
+    data: Annotated[Path | None, typer.Option(help="Your own labelled CSV, JSONL or Parquet file.")] = None,
+    text_column: TextColumns = None,
+    label_column: Annotated[str | None, typer.Option(help="The label column of --data.")] = None,
+    test_file: Annotated[Path | None, typer.Option(help="A held-out test file with the same columns (else 10% of --data).")] = None,
+    name: Annotated[str | None, typer.Option(help="The dataset and config name (default: the file's name).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace configs/NAME.yaml if it differs.")] = False,
 ) -> None:
-    """Run everything: ingest → train → evaluate → promote → build the Bento."""
-    settings, cfg = _setup(config)
+    """Run everything: ingest → train → evaluate → promote → build the Bento.
+
+    With --data, first write configs/NAME.yaml for your file (the --config preset's candidates
+    and settings, your dataset), then run the pipeline on it.
+    """
+    if data is not None:
+        config = write_own_config(config, data, text_column, label_column, test_file, name, overwrite)
+    elif text_column or label_column or test_file or name:
+        raise UsageError("--text-column, --label-column, --test-file and --name go with --data FILE")
+    settings, cfg = _setup(config, flows=True)
     from flows.pipeline import pipeline as pipeline_flow
 
-    try:
+    with _process_tags():
         summary = pipeline_flow(settings, cfg, config_name=config, force=force, skip_ingest=skip_ingest)
-    except Exception as error:  # the flow's log above holds the traceback
-        _fail("pipeline", error)
     _print_summary(summary)
 
 
+def write_own_config(preset: str, data: Path, text_columns: list[str] | None, label_column: str | None,
+                     test_file: Path | None, name: str | None, overwrite: bool) -> str:
+    """configs/NAME.yaml for --data; refuses to replace a different file unless told to. Returns NAME."""
+    import yaml
+
+    from components.config import load_config
+    from components.data.own_data import dataset_name, own_data_config
+    from flows.settings import Settings
+
+    if not text_columns or not label_column:
+        raise UsageError("--data needs --text-column (one or more) and --label-column")
+    settings = Settings.from_env()
+    name = dataset_name(name, data)
+    document = own_data_config(name=name, data=data, text_columns=text_columns, label_column=label_column,
+                               project_dir=settings.project_dir, test_file=test_file, preset=preset)
+    argv = " ".join(sys.argv[1:])
+    text = (f"# Written by `maas {argv}`.\n# Edit it and run `maas pipeline -c {name}`; "
+            f"`maas retrain -c {name}` retrains only when the file changes.\n"
+            + yaml.safe_dump(document, sort_keys=False))
+    target = settings.configs_dir / f"{name}.yaml"
+    if target.exists() and _config_body(target.read_text()) != _config_body(text) and not overwrite:
+        raise UsageError(f"{target} exists and says something else: pass --overwrite to replace it, "
+                         f"or --name to write another config")
+    staged = target.with_suffix(".yaml.tmp")
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_text(text)
+    try:
+        load_config(staged, presets_dir=settings.configs_dir)  # the preset and every key check out first
+        os.replace(staged, target)
+    finally:
+        staged.unlink(missing_ok=True)
+    typer.echo(f"Wrote {target} (text columns {text_columns} joined with a newline; label {label_column!r}).")
+    return name
+
+
+def _config_body(text: str) -> str:
+    """A config without its comments: rewriting the same settings with other flags is not a change."""
+    return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+
+
 @app.command()
+@handled
 def ingest(config: ConfigOption = "default") -> None:
     """Read the configured sources, validate, write data/ and version it with DVC."""
-    settings, cfg = _setup(config)
+    settings, cfg = _setup(config, flows=True)
     from flows.ingest import ingest as ingest_flow
 
-    versions = ingest_flow(settings, cfg)
+    with _process_tags():
+        versions = ingest_flow(settings, cfg)
     typer.echo(json.dumps(versions, indent=2))
 
 
 @app.command()
+@handled
 def train(
     config: ConfigOption = "default",
     candidate: Annotated[list[str] | None, typer.Option("--candidate", help="Train only these (repeatable).")] = None,
@@ -111,22 +316,21 @@ def train(
     force: Annotated[bool, typer.Option(help="Retrain even when a cached result exists.")] = False,
 ) -> None:
     """Train and register candidates on the data pinned by data.dvc (no promotion)."""
-    settings, cfg = _setup(config)
+    settings, cfg = _setup(config, flows=True)
     from flows.pipeline import train as train_flow
 
-    try:
+    with _process_tags():
         results = train_flow(settings, cfg, config_name=config, only=candidate, nproc=nproc, force=force)
-    except Exception as error:
-        _fail("train", error)
     for task_name, rows in results.items():
         for r in rows:
             typer.echo(f"{task_name}: {r['candidate']} v{r['version']} val {json.dumps(r['val'])}")
 
 
 @app.command()
+@handled
 def promote(config: ConfigOption = "default") -> None:
     """Let the best run of the current data version challenge the champion."""
-    settings, cfg = _setup(config)
+    settings, cfg = _setup(config, flows=True)
     from prefect import flow
 
     from components.data.fingerprint import dataset_version
@@ -148,18 +352,21 @@ def promote(config: ConfigOption = "default") -> None:
                 decisions.append(promote_task(settings, task_spec, results, version))
         return decisions
 
-    for decision in promote_flow():
+    with _process_tags():
+        decisions = promote_flow()
+    for decision in decisions:
         verb = "promoted" if decision["promoted"] else "kept"
         typer.echo(f"{decision['registered_model']}: {verb} ({decision['reason']}); champion v{decision['champion_version']}")
 
 
 @app.command()
+@handled
 def rollback(
     config: ConfigOption = "default",
     task: Annotated[str, typer.Option(help="classification or generation")] = "classification",
 ) -> None:
     """Give the champion alias back to the previous version, then rebuild the Bento."""
-    settings, cfg = _setup(config)
+    settings, cfg = _setup(config, flows=True)
     from prefect import flow
 
     from flows.package import build as build_task
@@ -173,15 +380,14 @@ def rollback(
                     if getattr(cfg, name) is not None}
         return outcome, build_task(settings, imported)
 
-    try:
+    with _process_tags():
         outcome, bento_tag = rollback_flow()
-    except Exception as error:
-        _fail("rollback", error)
     typer.echo(f"{outcome['registered_model']}: champion is v{outcome['champion_version']} again "
                f"(v{outcome['replaced']} is now `previous`); Bento {bento_tag}")
 
 
 @app.command()
+@handled
 def sweep(
     candidate: Annotated[str, typer.Argument(help="The candidate whose hyperparameters to search.")],
     config: ConfigOption = "default",
@@ -190,20 +396,18 @@ def sweep(
     runner: Annotated[str, typer.Option(help="Task runner: threads or processes.")] = "threads",
 ) -> None:
     """Search one candidate's hyperparameters; the best trial challenges the champion."""
-    settings, cfg = _setup(config)
+    settings, cfg = _setup(config, flows=True)
     from flows.sweep import find_task, task_runner
     from flows.sweep import sweep as sweep_flow
 
     _, task_spec = find_task(cfg, candidate)
     spec = task_spec.sweeps.get(candidate)
     if spec is None:
-        raise typer.BadParameter(f"no `sweeps: {candidate}` search space in config {config}")
+        raise UsageError(f"no `sweeps: {candidate}` search space in config {config}")
     spec = spec.model_copy(update={k: v for k, v in {"method": method, "trials": trials}.items() if v is not None})
-    try:
+    with _process_tags():
         outcome = sweep_flow.with_options(task_runner=task_runner(runner, spec.parallel))(
             settings, cfg, candidate, config_name=config, sweep_spec=spec)
-    except Exception as error:
-        _fail("sweep", error)
     metric = task_spec.metric
     for r in sorted(outcome["trials"], key=lambda r: r["val"][metric], reverse=task_spec.greater_is_better):
         typer.echo(f"{r['candidate']}: val {metric} {r['val'][metric]:.4f}  run {r['run_id']}")
@@ -213,6 +417,7 @@ def sweep(
 
 
 @app.command()
+@handled
 def compare(
     config: ConfigOption = "default",
     as_json: Annotated[bool, typer.Option("--json", help="Print the leaderboard as JSON.")] = False,
@@ -244,9 +449,10 @@ def compare(
 
 
 @app.command()
+@handled
 def build(config: ConfigOption = "default") -> None:
     """Import the champions into the BentoML store and build the Bento."""
-    settings, cfg = _setup(config)
+    settings, cfg = _setup(config, flows=True)
     from prefect import flow
 
     from flows.package import build as build_task
@@ -258,12 +464,21 @@ def build(config: ConfigOption = "default") -> None:
                     if getattr(cfg, name) is not None}
         return build_task(settings, imported)
 
-    typer.echo(build_flow())
+    with _process_tags():
+        typer.echo(build_flow())
+
+
+def _check_port_free(port: int, host: str, what: str) -> None:
+    from flows.prefect_server import port_in_use
+
+    if port_in_use(port, "127.0.0.1" if host in ("0.0.0.0", "::") else host):
+        raise UsageError(f"port {port} on {host} is taken (another {what}?): pass --port with a free one")
 
 
 @app.command()
+@handled
 def serve(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 3000,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
     host: Annotated[str, typer.Option(help="Bind address (0.0.0.0 exposes it to the network).")] = "127.0.0.1",
 ) -> None:
     """Serve the latest built Bento."""
@@ -272,40 +487,55 @@ def serve(
 
     current = bento.latest_bento("maas")
     if current is None:
-        raise typer.BadParameter("no Bento built yet: run `maas pipeline` or `maas build` first")
-    os.execvp("bentoml", ["bentoml", "serve", str(current.tag), "--host", host, "--port", str(port)])
+        raise UsageError("no Bento built yet: run `maas pipeline` or `maas build` first")
+    _check_port_free(port, host, "server")
+    typer.echo(f"Serving {current.tag} on http://{host}:{port} (try: curl -X POST http://{host}:{port}/classify "
+               "-H 'Content-Type: application/json' -d '{\"texts\": [\"Shares rose after the results.\"]}')")
+    sys.stdout.flush()
+    # BentoML through this interpreter: a venv that was never activated is not on PATH.
+    os.execv(sys.executable, [sys.executable, "-m", "bentoml", "serve", str(current.tag),
+                              "--host", host, "--port", str(port)])
 
 
 @app.command()
+@handled
 def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000) -> None:
     """Open the MLflow UI on the embedded store."""
+    import subprocess
+
     settings, _ = _setup()
+    from components.data.sources import redact_url
     from flows.tracking import ui_command
 
-    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (store: {settings.tracking_uri})")
+    _check_port_free(port, "127.0.0.1", "MLflow UI")
+    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (store: {redact_url(settings.tracking_uri)}); "
+               "the experiments open on their runs table. Ctrl-C stops it.")
     sys.exit(subprocess.call(ui_command(settings, port)))
 
 
 @app.command()
+@handled
 def retrain(
     config: ConfigOption = "default",
     force: Annotated[bool, typer.Option(help="Retrain even when the data and the code did not change.")] = False,
 ) -> None:
     """Retrain only what changed: what the scheduled deployment runs (nothing new: nothing changes)."""
-    settings, _ = _setup(config)
+    settings, _ = _setup(config, flows=True)
     from flows.retrain import FAILURE_FILE
     from flows.retrain import retrain as retrain_flow
 
     try:
-        summary = retrain_flow(config=config, force=force)
-    except Exception as error:
+        with _process_tags():
+            summary = retrain_flow(config=config, force=force)
+    except Exception:
         typer.secho(f"What failed and what was left unchanged: {settings.home / FAILURE_FILE}", err=True)
-        _fail("retrain", error)
+        raise
     _print_summary(summary)
     typer.echo("\n".join(summary["changes"]))
 
 
 @app.command()
+@handled
 def schedule(
     config: ConfigOption = "default",
     port: Annotated[int, typer.Option(help="Port of the local Prefect server on 127.0.0.1.")] = 4200,
@@ -321,9 +551,18 @@ def schedule(
 
     try:
         serve_retrain(settings, config, port=port, cron=cron, run_now=run_now)
-    except (RuntimeError, TimeoutError) as error:
-        _fail("schedule", error)
+    except RuntimeError as error:
+        raise UsageError(str(error).splitlines()[0]) from error
+
+
+def main() -> None:
+    """The `maas` entry point: `--debug` may stand anywhere on the line."""
+    args = sys.argv[1:]
+    if "--debug" in args:
+        os.environ[DEBUG_ENV] = "1"
+        args = [a for a in args if a != "--debug"]
+    app(args=args, prog_name="maas")
 
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -19,22 +19,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from flows.prefect_server import is_healthy, start_server
 from flows.settings import Settings
 
 PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
 DEPLOYMENT = "retrain"
-SERVER_READY_TIMEOUT_S = 180
-SERVER_STOP_TIMEOUT_S = 30
 
 
 def deployment_settings(name: str = DEPLOYMENT, path: Path = PREFECT_YAML) -> dict[str, Any]:
@@ -55,85 +49,6 @@ def deployment_settings(name: str = DEPLOYMENT, path: Path = PREFECT_YAML) -> di
             "description": entry.get("description"),
         }
     raise KeyError(f"no deployment named {name!r} in {path}")
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        return sock.connect_ex((host, port)) == 0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def is_healthy(api_url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-@dataclass
-class LocalServer:
-    """A `prefect server start` child process."""
-
-    process: subprocess.Popen
-    api_url: str
-    log_path: Path
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def wait_until_healthy(self, timeout_s: float = SERVER_READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the Prefect server exited with {self.process.returncode}:\n{self.log_tail()}")
-            if is_healthy(self.api_url):
-                return
-            time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"the Prefect server was not healthy after {timeout_s:.0f} s:\n{self.log_tail()}")
-
-    def stop(self, timeout_s: float = SERVER_STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM (a graceful uvicorn shutdown), then SIGKILL to its process group."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        return self.process.returncode
-
-
-def start_server(settings: Settings, port: int, ui: bool = True) -> LocalServer:
-    """`prefect server start --host 127.0.0.1 --port <port>`, home under MAAS_HOME; waits until healthy."""
-    if port_in_use(port):
-        raise RuntimeError(
-            f"port {port} on 127.0.0.1 is taken: pass another --port, or set PREFECT_API_URL to the server there"
-        )
-    home = Path(os.environ.get("PREFECT_HOME") or settings.prefect_home)
-    home.mkdir(parents=True, exist_ok=True)
-    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
-    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    if not ui:
-        command.append("--no-ui")
-    log_path = home / "server.log"
-    with log_path.open("ab") as log:
-        # Its own session: Ctrl-C reaches this process only, which stops the runner first.
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = LocalServer(process, f"http://127.0.0.1:{port}/api", log_path)
-    server.wait_until_healthy()
-    return server
 
 
 def _raise_interrupt(signum, frame):
@@ -159,7 +74,7 @@ def serve_retrain(
             print(f"Using the Prefect server at {api_url}")
         else:
             print(f"Starting a Prefect server on 127.0.0.1:{port} (log: {settings.prefect_home / 'server.log'})...")
-            server = start_server(settings, port, ui=ui)
+            server = start_server(Path(os.environ.get("PREFECT_HOME") or settings.prefect_home), port, ui=ui)
             api_url = server.api_url
             os.environ["PREFECT_API_URL"] = api_url
             print(f"Prefect server ready: UI http://127.0.0.1:{port}, API {api_url}")

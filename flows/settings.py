@@ -85,6 +85,8 @@ class Settings:
         os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # Hugging Face's per-file bars ("Loading weights") are noise next to the training progress.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         # The components log progress (steps, loss, samples/s, validation) with plain `logging`:
         # Prefect forwards those records to the run's log, the terminal and the UI.
         os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "components")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import psutil
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -35,6 +38,11 @@ warnings.filterwarnings("ignore", message=r".*Decorate your function with", cate
 logging.getLogger("mlflow.models.signature").setLevel(logging.WARNING)
 
 CHAMPION = "champion"
+# MLflow 3 opens an experiment on its GenAI pages unless it is marked as model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+# Which process owns a RUNNING run: a run whose process is gone was killed and is closed as KILLED.
+PROCESS_TAG = "maas.process"
 PREVIOUS = "previous"
 PYFUNC_SCRIPT = Path(__file__).with_name("pyfunc_model.py")
 COMPONENTS_DIR = Path(__file__).resolve().parents[1] / "components"
@@ -49,20 +57,33 @@ def client(settings: Settings) -> MlflowClient:
     return MlflowClient(settings.tracking_uri, settings.tracking_uri)
 
 
+def init_store(settings: Settings) -> None:
+    """Create or upgrade the tracking store's schema now (callers hold the MAAS_HOME setup lock).
+
+    On a fresh SQLite store the first client runs MLflow's migrations; two processes doing
+    that at once leave the database broken for good, so it happens here, once, under the lock.
+    """
+    client(settings).search_experiments(max_results=1)
+
+
 def ensure_experiment(settings: Settings, name: str) -> str:
-    """One experiment per task; artifacts of the embedded store go under MAAS_HOME."""
+    """One experiment per task, marked as model training; artifacts of the embedded store go under MAAS_HOME."""
     mlflow_client = client(settings)
     experiment = mlflow_client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    artifact_location = None
-    if settings.tracking_uri.startswith("sqlite:"):
-        artifact_location = (settings.mlflow_artifacts / name).as_uri()
-    try:
-        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
-    except MlflowException:
-        # Another candidate created it a moment ago.
-        return mlflow_client.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        artifact_location = None
+        if settings.tracking_uri.startswith("sqlite:"):
+            artifact_location = (settings.mlflow_artifacts / name).as_uri()
+        try:
+            return mlflow_client.create_experiment(
+                name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+            )
+        except MlflowException:
+            # Another candidate created it a moment ago.
+            experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:  # made before the tag existed
+        mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return experiment.experiment_id
 
 
 def git_commit(project_dir: Path) -> str:
@@ -102,7 +123,7 @@ def start_run(
     settings: Settings, experiment_id: str, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]
 ) -> str:
     mlflow_client = client(settings)
-    run = mlflow_client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    run = mlflow_client.create_run(experiment_id, run_name=run_name, tags={**tags, PROCESS_TAG: process_id()})
     flat = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in params.items()}
     mlflow_client.log_batch(
         run.info.run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in flat.items()]
@@ -149,13 +170,21 @@ def log_model(
 
 
 def register_model(settings: Settings, model_uri: str, registered_model: str, tags: Mapping[str, str]) -> str:
-    """A new registry version of a logged model, tagged; returns the version."""
-    client(settings)
-    version = str(mlflow.register_model(model_uri, registered_model).version)
+    """A new registry version of a logged model (`models:/m-<id>`), tagged; returns the version.
+
+    Through the client API: `mlflow.register_model` prints its progress on stderr, past logging.
+    """
     mlflow_client = client(settings)
-    for key, value in tags.items():
-        mlflow_client.set_model_version_tag(registered_model, version, key, value)
-    return version
+    try:
+        mlflow_client.create_registered_model(registered_model)
+    except MlflowException as error:
+        if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    created = mlflow_client.create_model_version(
+        registered_model, source=model_uri, run_id=tags.get("run_id"), tags=dict(tags),
+        model_id=model_uri.removeprefix("models:/"),
+    )
+    return str(created.version)
 
 
 def log_and_register_model(
@@ -174,6 +203,41 @@ def log_and_register_model(
 
 def end_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
     client(settings).set_terminated(run_id, status)
+
+
+def process_id(pid: int | None = None) -> str:
+    """`host:pid:start time`: names one process, even after its pid is reused."""
+    process = psutil.Process(pid)
+    return f"{socket.gethostname()}:{process.pid}:{process.create_time():.2f}"
+
+
+def process_alive(process: str) -> bool:
+    """Whether a `process_id()` of this host still runs (a process of another host counts as alive)."""
+    host, _, rest = process.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        return f"{psutil.Process(int(pid)).create_time():.2f}" == started
+    except psutil.Error:
+        return False
+
+
+def close_orphaned_runs(settings: Settings) -> list[str]:
+    """Mark KILLED the RUNNING runs whose process died (a SIGKILL leaves them RUNNING); returns their ids."""
+    mlflow_client = client(settings)
+    experiments = [e.experiment_id for e in mlflow_client.search_experiments()]
+    if not experiments:
+        return []
+    closed = []
+    for run in mlflow_client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'"):
+        owner = run.data.tags.get(PROCESS_TAG)
+        if owner and not process_alive(owner):
+            mlflow_client.set_terminated(run.info.run_id, "KILLED")
+            log.warning("closed run %s (%s) as KILLED: its process %s is gone",
+                        run.info.run_id, run.info.run_name, owner.split(":")[1])
+            closed.append(run.info.run_id)
+    return closed
 
 
 @dataclass(frozen=True)
@@ -266,7 +330,10 @@ def newest_version_of_candidate(settings: Settings, registered_model: str, candi
 
 
 def ui_command(settings: Settings, port: int) -> list[str]:
+    """`mlflow ui` through this interpreter: a venv that was never activated is not on PATH."""
     return [
+        sys.executable,
+        "-m",
         "mlflow",
         "ui",
         "--backend-store-uri",

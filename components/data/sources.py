@@ -450,15 +450,20 @@ def read_jsonl(
     for number, line in enumerate(read_text_file(path, source, repaired).splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path.name}: line {number} is not valid JSON: {error}") from error
-        if not isinstance(record, dict):
-            raise ValueError(f"{path.name}: line {number} is not a JSON object")
-        records.append(record)
+        records.append(parse_jsonl_line(line, number, path.name))
         lines.append(number)
     return records, lines
+
+
+def parse_jsonl_line(line: str, number: int, origin: str) -> dict[str, Any]:
+    """One JSONL line as a JSON object; anything else is an error naming the file and the line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{origin}: line {number} is not valid JSON: {error}") from error
+    if not isinstance(record, dict):
+        raise ValueError(f"{origin}: line {number} is not a JSON object")
+    return record
 
 
 def read_class_folder(folder: Path, encoding: str | None = None) -> pd.DataFrame:

@@ -78,7 +78,7 @@ def _wait_for(predicate, timeout_s: float, scheduled: Scheduled, what: str):
 
 @pytest.fixture(scope="module")
 def scheduled(tmp_path_factory):
-    from flows.schedule import free_port, is_healthy
+    from flows.prefect_server import free_port, is_healthy
 
     project = make_project(tmp_path_factory.mktemp("deploy-project"))
     home = tmp_path_factory.mktemp("deploy-home")
@@ -199,7 +199,7 @@ def test_prefect_yaml_deploys_to_a_process_work_pool(scheduled, tmp_path):
 
 
 def test_ctrl_c_stops_the_runner_and_the_server(scheduled):
-    from flows.schedule import port_in_use
+    from flows.prefect_server import port_in_use
 
     scheduled.process.send_signal(signal.SIGINT)
     assert scheduled.process.wait(90) == 0, scheduled.log_tail()

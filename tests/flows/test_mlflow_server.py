@@ -27,7 +27,7 @@ READY_TIMEOUT_S = 120
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    from flows.schedule import free_port
+    from flows.prefect_server import free_port
 
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
