@@ -1,4 +1,4 @@
-"""The BentoML service ``maas``: batched /classify, /generate, /info, health and metrics.
+"""The BentoML service ``maas``: batched /classify, /generate, /info, health and metrics (the API only).
 
 It serves the BentoML models that ``flows/bento.py`` imports: ``maas-classifier`` (required)
 and ``maas-generator`` (optional). A Bento built by ``flows.bento.build_bento`` names their
@@ -11,41 +11,37 @@ re-implements preprocessing. The limits (texts per request, characters, tokens, 
 are the classifier model's ``metadata["serving"]`` over the ServingSpec defaults.
 
 Work at import time is limited to what BentoML fixes when the class is defined: the model
-references and the limits that go into the API signatures and the batching parameters.
-Endpoints and error bodies are documented in docs/serving.md.
+references, the limits that go into the API signatures and the batching parameters, and whether
+the benchmark-only endpoints exist (``MAAS_BENCHMARK_ENDPOINTS=1``). Auth, body limits and the
+access log are ``components/serving/guard.py``; BentoML internals, ``compat.py``. Endpoints and
+error bodies are documented in docs/serving.md.
 """
 
 import asyncio
-import contextvars
 import gc
-import hmac
-import json
 import logging
 import os
 import secrets
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated
 
 import bentoml
-from _bentoml_sdk.method import APIMethod
-from bentoml._internal.server.http.traffic import TimeoutMiddleware
-from bentoml.exceptions import BentoMLException, NotFound
+from bentoml.exceptions import NotFound
 from bentoml.validators import ContentType
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints, ValidationError
-from starlette.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
+import compat
 from components.config import ServingSpec
 from components.predictor import ClassifierPredictor, GeneratorPredictor, Predictor, load_predictor
+from components.serving.guard import RequestGuard, count_texts, error_response
+from components.serving.text_rules import require_visible, visible_pattern
 
 # The names flows/bento.py imports the models under, and the Bento arguments that pin them.
 CLASSIFIER_MODEL = "maas-classifier"
 GENERATOR_MODEL = "maas-generator"
 NO_MODEL = "none"
-TOKEN_ENV = "MAAS_API_TOKEN"
-UNGUARDED_PATHS = frozenset({"/healthz", "/readyz", "/livez", "/metrics"})
 MIN_TEMPERATURE = 1e-3  # lower temperatures are clamped to this (greedy in practice, no overflow)
 MAX_SEED = 2**32 - 1
 # A CPU classifier whose full batch takes at most this long runs on the event loop: in a worker
@@ -67,6 +63,11 @@ JSON = ContentType("application/json")
 # deployment that configures an exporter (docs/serving.md, "Tracing").
 TRACING_ENV = "MAAS_TRACING"
 TRACING_CONFIG = {} if os.environ.get(TRACING_ENV) == "1" else {"tracing": {"excluded_urls": [".*"]}}
+# /classify_unbatched and /echo exist for benchmarks/serve_load.py only: not in the default API or its OpenAPI.
+BENCHMARK_ENV = "MAAS_BENCHMARK_ENDPOINTS"
+BENCHMARK_ENDPOINTS = os.environ.get(BENCHMARK_ENV) == "1"
+# A served Bento listens on the loopback unless `--host` / BENTOML_HOST says otherwise (docs/serving.md).
+DEFAULT_HOST = "127.0.0.1"
 WARMUP_TEXT = ("The quick brown fox jumps over the lazy dog near the river bank. " * 32)[:2000]
 
 logger = logging.getLogger("bentoml.maas")  # under "bentoml": `bentoml serve` configures its handlers
@@ -95,30 +96,29 @@ MAX_BODY_BYTES = 6 * max(SERVING.max_texts * SERVING.max_chars, SERVING.max_prom
 
 
 # -- request schemas -----------------------------------------------------------------------------
-# Filled per request by the middleware and the validators, read back for the access log.
-_REQUEST_STATS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "maas_request", default=None
-)
+# A text or prompt must hold a visible character: whitespace, zero-width and control characters
+# alone are an empty text (400). The schema's `pattern` states the same rule for clients.
+VISIBLE = Field(json_schema_extra={"pattern": visible_pattern()})
 
 
-def _count_texts(texts: list[str]) -> list[str]:
-    stats = _REQUEST_STATS.get()
-    if stats is not None:
-        stats["n_texts"] = len(texts)
-    return texts
+def _visible_text(max_chars: int):
+    """A string of 1..`max_chars` characters, at least one of them visible."""
+    return Annotated[
+        str, StringConstraints(min_length=1, max_length=max_chars), AfterValidator(require_visible), VISIBLE
+    ]
 
 
-Text = Annotated[str, StringConstraints(min_length=1, max_length=SERVING.max_chars)]
+Text = _visible_text(SERVING.max_chars)
 Texts = Annotated[
     list[Text],
     Field(
         min_length=1,
         max_length=SERVING.max_texts,
-        description="Texts to classify, each 1..max_chars characters",
+        description="Texts to classify, each 1..max_chars characters, not all whitespace or invisible",
     ),
-    AfterValidator(_count_texts),
+    AfterValidator(count_texts),
 ]
-Prompt = Annotated[str, StringConstraints(min_length=1, max_length=SERVING.max_prompt_chars)]
+Prompt = _visible_text(SERVING.max_prompt_chars)
 
 
 class Classification(BaseModel):
@@ -151,10 +151,6 @@ class ServiceInfo(BaseModel):
     limits: dict[str, int] = Field(description="The serving limits in force (ServingSpec)")
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
 def _describe(model: bentoml.Model, predictor: Predictor) -> ModelDescription:
     labels = model.info.labels
     return ModelDescription(
@@ -172,19 +168,6 @@ async def _on_thread(thread: ThreadPoolExecutor, fn, *args):
     return await asyncio.get_running_loop().run_in_executor(thread, fn, *args)
 
 
-def _bind_apis(service: object) -> None:
-    """Bind each API method to `service` once, as an instance attribute.
-
-    BentoML's API descriptor builds a new bound wrapper, ``inspect.signature`` included (about
-    20 us here), on every attribute access, and its server looks the method up on every request,
-    twice for a batched one. The descriptor defines no ``__set__``, so an instance attribute of
-    the same name takes precedence: the lookups become plain reads of the same wrapper.
-    """
-    for name, member in vars(type(service)).items():
-        if isinstance(member, APIMethod):
-            service.__dict__[name] = member.__get__(service, type(service))
-
-
 def _load(model: bentoml.Model, expected: type[Predictor]) -> Predictor:
     predictor = load_predictor(model.path)
     if not isinstance(predictor, expected):
@@ -192,175 +175,8 @@ def _load(model: bentoml.Model, expected: type[Predictor]) -> Predictor:
     return predictor
 
 
-# -- middleware ----------------------------------------------------------------------------------
-class RequestGuard:
-    """Pure ASGI middleware in front of every API: auth, body limits, JSON only, one log line.
-
-    * ``MAAS_API_TOKEN`` set: every path except the probes and /metrics needs
-      ``Authorization: Bearer <token>`` (401 otherwise; compared in constant time).
-    * POST bodies: only JSON (415 otherwise); more than `max_body_bytes` gives 413 before
-      anything is parsed.
-    * One JSON line per request on the ``maas.access`` logger: endpoint, method, n_texts,
-      latency_ms, status. Never the texts or the token; the probes are not logged.
-    """
-
-    def __init__(self, app, max_body_bytes: int):
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        token = os.environ.get(TOKEN_ENV, "")
-        self._token = token.encode() if token else None
-        self._log = _access_logger()
-        _quiet_client_errors()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        path = scope["path"]
-        stats: dict[str, Any] = {"status": 500, "n_texts": None}
-        reset = _REQUEST_STATS.set(stats)
-
-        async def send_recording(message):
-            if message["type"] == "http.response.start":
-                stats["status"] = message["status"]
-            await send(message)
-
-        try:
-            rejection = self._check_headers(scope)
-            if rejection is None and scope["method"] == "POST":
-                receive, rejection = await self._read_body(receive)
-            if rejection is not None:
-                await rejection(scope, receive, send_recording)
-            else:
-                await self.app(scope, receive, send_recording)
-        finally:
-            _REQUEST_STATS.reset(reset)
-            if path not in UNGUARDED_PATHS:
-                self._log.info(
-                    json.dumps(
-                        {
-                            "endpoint": path,
-                            "method": scope["method"],
-                            "n_texts": stats["n_texts"],
-                            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-                            "status": stats["status"],
-                        }
-                    )
-                )
-
-    def _check_headers(self, scope) -> JSONResponse | None:
-        headers = dict(scope["headers"])
-        if self._token is not None and scope["path"] not in UNGUARDED_PATHS:
-            scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
-                response = _error(401, "missing or invalid bearer token")
-                response.headers["WWW-Authenticate"] = "Bearer"
-                return response
-        if scope["method"] == "POST":
-            media_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
-            if media_type != b"application/json":
-                return _error(
-                    415,
-                    f"send JSON with Content-Type: application/json (got {media_type.decode('latin-1')!r})",
-                )
-            length = headers.get(b"content-length", b"0")
-            if not length.isdigit():
-                return _error(400, "invalid Content-Length header")
-            if int(length) > self.max_body_bytes:
-                return _error(413, f"request body over {self.max_body_bytes} bytes")
-        return None
-
-    async def _read_body(self, receive):
-        """Read the whole body (also when chunked) up to the limit, then replay it to the app."""
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return receive, None  # client went away: let the app see the disconnect
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                return receive, _error(413, f"request body over {self.max_body_bytes} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return replay, None
-
-
-class _ClientErrorFilter(logging.Filter):
-    """Drop BentoML's ERROR traceback for a rejected input (a 4xx is the client's mistake, already
-    in the access log); real server errors keep theirs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, ValidationError):
-            return False
-        return not (isinstance(error, BentoMLException) and error.error_code < 500)
-
-
-def _quiet_client_errors() -> None:
-    bentoml_http_log = logging.getLogger("bentoml._internal.server.http_app")
-    if not any(isinstance(f, _ClientErrorFilter) for f in bentoml_http_log.filters):
-        bentoml_http_log.addFilter(_ClientErrorFilter())
-
-
-def _access_logger() -> logging.Logger:
-    log = logging.getLogger("maas.access")
-    log.setLevel(logging.INFO)
-    if not log.handlers:  # bare JSON lines on stdout; BentoML's log format would wrap them
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-        log.propagate = False
-    return log
-
-
-# -- BentoML's request timeout, without its timer outliving the request -----------------------------
-async def _timeout_call(self: TimeoutMiddleware, scope, receive, send) -> None:
-    """BentoML's TimeoutMiddleware.__call__ (1.4.40), the same behaviour, but the timer is cancelled
-    when the request ends. BentoML leaves each request's `loop.call_later(traffic.timeout, ...)` armed
-    for the whole timeout: under load (about 1,000 req/s here, timeout 60 s) tens of thousands of
-    timer handles and their futures pile up on the event loop, and the server's resident memory grew
-    by about 0.5 KB per request until they expired (tracemalloc: the largest growth, from traffic.py).
-    """
-    if scope["type"] not in ("http", "websocket"):
-        await self.app(scope, receive, send)
-        return
-    loop = asyncio.get_running_loop()
-    waiter = loop.create_future()
-    timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
-
-    async def _send(message) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-        await send(message)
-
-    handled = asyncio.ensure_future(self.app(scope, receive, _send))
-    try:
-        await waiter
-    except TimeoutError:
-        if handled.cancel():
-            await _error(504, f"Not able to process the request in {self.timeout} seconds")(
-                scope, receive, send
-            )
-    else:
-        await handled
-    finally:
-        timer.cancel()
-
-
-TimeoutMiddleware.__call__ = _timeout_call
+# BentoML's request timeout leaves a timer armed per request for the whole timeout (compat.py).
+compat.patch_timeout_middleware()
 
 
 # -- the service ---------------------------------------------------------------------------------
@@ -369,6 +185,7 @@ TimeoutMiddleware.__call__ = _timeout_call
     resources={"cpu": "2"},
     traffic={"timeout": 60},
     workers=1,
+    http={"host": DEFAULT_HOST},
     **TRACING_CONFIG,
     # RequestGuard writes the structured access log; BentoML's text access log would double it.
     logging={"access": {"enabled": False}},
@@ -392,7 +209,6 @@ class MaasService:
         # different threads, each with its own malloc arena, and MiniLM's resident memory kept growing (+11 %).
         self._classify_thread = ThreadPoolExecutor(1, thread_name_prefix="maas-classify")
         self._generate_thread = ThreadPoolExecutor(1, thread_name_prefix="maas-generate")
-        _bind_apis(self)
         cheap = self._batch_seconds() <= INLINE_BATCH_BUDGET_S
         self._classify_inline = cheap and not self.classifier.on_accelerator
         # The models and their warm-up are loaded for good: move them out of the cyclic garbage
@@ -428,15 +244,17 @@ class MaasService:
         """Label and probabilities per text. Requests are merged into batches (adaptive batching)."""
         return await self._classify(texts)
 
-    @bentoml.api
-    async def classify_unbatched(self, texts: Texts) -> Annotated[list[Classification], JSON]:
-        """Same as /classify, one model call per request (the benchmark's baseline)."""
-        return await self._classify(texts)
+    if BENCHMARK_ENDPOINTS:
 
-    @bentoml.api
-    async def echo(self, texts: Texts) -> Annotated[list[str], JSON]:
-        """Returns the texts: the framework's own ceiling for the load benchmark."""
-        return texts
+        @bentoml.api
+        async def classify_unbatched(self, texts: Texts) -> Annotated[list[Classification], JSON]:
+            """Same as /classify, one model call per request (the benchmark's baseline)."""
+            return await self._classify(texts)
+
+        @bentoml.api
+        async def echo(self, texts: Texts) -> Annotated[list[str], JSON]:
+            """Returns the texts: the framework's own ceiling for the load benchmark."""
+            return texts
 
     @bentoml.api
     async def generate(
@@ -454,7 +272,7 @@ class MaasService:
     ) -> Generation:
         """Continue `prompt` with the generation model (404 when this Bento has none)."""
         if self.generator is None:
-            return _error(404, "no generation model in this Bento")
+            return error_response(404, "no generation model in this Bento")
         seed = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
         run = partial(
             self.generator.generate,
@@ -468,7 +286,7 @@ class MaasService:
         try:
             text = await _on_thread(self._generate_thread, run)
         except ValueError as exc:  # the model's own refusal, e.g. characters outside its vocabulary
-            return _error(400, str(exc))
+            return error_response(400, str(exc))
         return Generation(text=text, seed=seed, model_version=self.generator_info.model_version)
 
     @bentoml.api

@@ -13,14 +13,12 @@ service:MaasService`` (development, no arguments) serves the latest of each.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,41 +132,11 @@ def delete_model(tag: str, *, force: bool = False) -> None:
 
 
 def bentoml_home() -> Path:
-    """The BentoML home this process uses (``BENTOML_HOME`` or ``~/bentoml``)."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
+    """The BentoML home this process uses: ``BENTOML_HOME`` or ``~/bentoml``, BentoML's own rule.
 
-    return Path(BentoMLContainer.bentoml_home.get())
-
-
-@contextlib.contextmanager
-def use_bentoml_home(path: str | Path) -> Iterator[Path]:
-    """Point this process's BentoML stores, and child processes (``BENTOML_HOME``), at `path`.
-
-    BentoML reads its home once, on first use; tests and benchmarks that need a throw-away
-    store after bentoml was already used in the process switch with this instead.
+    (``compat.use_bentoml_home`` switches a process's stores and sets the variable with them.)
     """
-    from bentoml._internal.bento import BentoStore
-    from bentoml._internal.configuration.containers import BentoMLContainer
-    from bentoml._internal.models import ModelStore
-
-    home = Path(path).resolve()
-    for sub in ("bentos", "models", "envs", "tmp"):
-        (home / sub).mkdir(parents=True, exist_ok=True)
-    previous = os.environ.get("BENTOML_HOME")
-    os.environ["BENTOML_HOME"] = str(home)
-    try:
-        with (
-            BentoMLContainer.bentoml_home.patch(str(home)),
-            BentoMLContainer.model_store.patch(ModelStore(str(home / "models"))),
-            BentoMLContainer.bento_store.patch(BentoStore(str(home / "bentos"))),
-            BentoMLContainer.tmp_bento_store.patch(BentoStore(str(home / "tmp"))),
-        ):
-            yield home
-    finally:
-        if previous is None:
-            os.environ.pop("BENTOML_HOME", None)
-        else:
-            os.environ["BENTOML_HOME"] = previous
+    return Path(os.path.expandvars(os.environ.get("BENTOML_HOME") or "~/bentoml")).expanduser()
 
 
 def pinned_models() -> dict[str, str]:

@@ -19,7 +19,7 @@ def make_project(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("configs", "components"):
         shutil.copytree(REPO / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("bentofile.yaml", "service.py", ".gitignore", ".dvcignore"):
+    for name in ("bentofile.yaml", "service.py", "compat.py", ".gitignore", ".dvcignore"):
         if (REPO / name).exists():
             shutil.copy(REPO / name, folder / name)
     shutil.copytree(REPO / ".dvc", folder / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp", "config.local"))

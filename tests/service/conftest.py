@@ -4,8 +4,10 @@ One session BentoML home (a temp folder, never ~/bentoml) holds a tiny TF-IDF cl
 imported with ``flows.bento.import_bundle``, a generator (the real LM bundle when
 ``components/models/lm_predictor.py`` exists, a fake GeneratorPredictor otherwise, stored under
 its own name so the built Bento never packs it), and the Bento that ``flows.bento.build_bento``
-builds from a temp copy of the project files. ``served_bento`` runs the BUILT Bento with
-``bentoml serve <tag> --host 127.0.0.1 --port <free port>`` and stops it at the end.
+builds from a temp copy of the project files, planted with a fake secret (``SECRET``) in
+files a Bento must never carry. ``served_bento`` runs the BUILT Bento with
+``bentoml serve <tag> --port <free port>`` (no ``--host``: the Bento's own default, the loopback)
+and stops it at the end.
 """
 
 from __future__ import annotations
@@ -88,12 +90,13 @@ FakeGenerator = _fake_generator_class()
 @pytest.fixture(scope="session")
 def bentoml_home(tmp_path_factory) -> Iterator[Path]:
     """A temp BENTOML_HOME for this process (its stores switched) and for the child processes."""
-    from flows import bento
+    import compat
 
     env = pytest.MonkeyPatch()
     env.setenv("BENTOML_DO_NOT_TRACK", "True")
     env.delenv("MAAS_API_TOKEN", raising=False)
-    with bento.use_bentoml_home(tmp_path_factory.mktemp("bentoml-home")) as home:
+    env.delenv("MAAS_BENCHMARK_ENDPOINTS", raising=False)
+    with compat.use_bentoml_home(tmp_path_factory.mktemp("bentoml-home")) as home:
         yield home
     env.undo()
 
@@ -164,7 +167,6 @@ class GeneratorModel:
 
 @pytest.fixture(scope="session")
 def generator_model(bentoml_home, tmp_path_factory) -> GeneratorModel:
-    from components.predictor import PREDICTOR_CLASSES
     from flows import bento
 
     labels = {"model_name": "maas-shakespeare", "model_version": "3", "data_version": "md5:def456.dir"}
@@ -178,7 +180,10 @@ def generator_model(bentoml_home, tmp_path_factory) -> GeneratorModel:
     fakes = types.ModuleType(FAKES_MODULE)
     fakes.FakeGenerator = FakeGenerator
     sys.modules[FAKES_MODULE] = fakes
-    PREDICTOR_CLASSES["fake_lm"] = f"{FAKES_MODULE}:FakeGenerator"
+    from components.models.registry import KINDS, ModelKind
+
+    fake = f"{FAKES_MODULE}:FakeGenerator"
+    KINDS["fake_lm"] = ModelKind("fake_lm", "generation", trainer=fake, predictor=fake, needs_torch=False)
     bundle = FakeGenerator("fake_lm", {"alphabet": "abcdefgh "}).save(folder / "bundle")
     return GeneratorModel(
         bento.import_bundle(bundle, name=FAKE_GENERATOR_MODEL, labels=labels, metadata={}), real=False
@@ -186,24 +191,29 @@ def generator_model(bentoml_home, tmp_path_factory) -> GeneratorModel:
 
 
 # -- the service in this process ---------------------------------------------------------------
-def _import_service(module_name: str, args: dict[str, str]):
-    """Import service.py afresh as `module_name` with these Bento arguments."""
-    from bentoml._internal.utils.args import set_arguments
+def _import_service(module_name: str, args: dict[str, str], *, benchmark_endpoints: bool = False):
+    """Import service.py afresh as `module_name` with these Bento arguments (and, when asked,
+    the benchmark-only endpoints, which the service defines only under MAAS_BENCHMARK_ENDPOINTS=1)."""
+    import compat
 
-    set_arguments(dict(args))
+    env = pytest.MonkeyPatch()
+    if benchmark_endpoints:
+        env.setenv("MAAS_BENCHMARK_ENDPOINTS", "1")
     try:
-        spec = importlib.util.spec_from_file_location(module_name, REPO / "service.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
+        with compat.bento_arguments(args):
+            spec = importlib.util.spec_from_file_location(module_name, REPO / "service.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
     finally:
-        set_arguments({})
+        env.undo()
     return module
 
 
 @pytest.fixture(scope="session")
 def import_service(bentoml_home):
-    """`import_service(module_name, args)`: service.py imported under its own name with these arguments."""
+    """`import_service(module_name, args, benchmark_endpoints=False)`: service.py imported under its
+    own name with these arguments."""
     return _import_service
 
 
@@ -214,7 +224,17 @@ def sample_texts() -> list[str]:
 
 
 # -- the built Bento, served -------------------------------------------------------------------
-PROJECT_FILES = ("service.py", "bentofile.yaml", "components", "configs")
+PROJECT_FILES = ("service.py", "compat.py", "bentofile.yaml", "components", "configs")
+# Planted in the copied project where user data and secrets live (a config with a signed URL,
+# data, logs, an env file): the built Bento must carry none of it.
+SECRET = "FAKE-SECRET-123"
+SECRET_FILES = {
+    "configs/user-data.yaml": f"dataset:\n  source: url\n  url: https://x.example/data.csv?sig={SECRET}\n",
+    "configs/datasets/private.yaml": f"url: https://x.example/more.csv?sig={SECRET}\n",
+    "data/raw.csv": f"text,label\n{SECRET},x\n",
+    "logs/run.log": f"token={SECRET}\n",
+    ".env": f"MAAS_API_TOKEN={SECRET}\n",
+}
 
 
 def _copy_project(folder: Path) -> Path:
@@ -240,6 +260,9 @@ def built_bento(bentoml_home, classifier_tag, generator_model, tmp_path_factory)
     from flows import bento
 
     project = _copy_project(tmp_path_factory.mktemp("project"))
+    for name, text in SECRET_FILES.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(text)
     labels = {
         "classifier_model": "maas-bbc",
         "classifier_version": "7",
@@ -265,11 +288,18 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(target: str, home: Path, log: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """`bentoml serve target` on 127.0.0.1:<free port>; waits for /readyz; stops the process group."""
+def serve(
+    target: str, home: Path, log: Path, env: dict[str, str] | None = None, host: str | None = "127.0.0.1"
+) -> Iterator[Server]:
+    """`bentoml serve target` on <host>:<free port> (`host` None: no --host, the Bento's default);
+    waits for /readyz; stops the process group."""
     port = free_port()
-    command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "bentoml", "serve", target, "--port", str(port)]
+    if host is not None:
+        command += ["--host", host]
     child_env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", **(env or {})}
+    if host is None:
+        child_env.pop("BENTOML_HOST", None)  # the Bento's own default, not the caller's shell
     with log.open("wb") as sink:
         process = subprocess.Popen(
             command,
@@ -325,5 +355,5 @@ def newer_classifier_tag(bentoml_home, built_bento, classifier_bundle) -> str:
 @pytest.fixture(scope="session")
 def served_bento(bentoml_home, built_bento, newer_classifier_tag, tmp_path_factory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("serve") / "bentoml-serve.log"
-    with serve(built_bento, bentoml_home, log) as server:
+    with serve(built_bento, bentoml_home, log, host=None) as server:
         yield server

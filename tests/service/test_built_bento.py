@@ -1,14 +1,17 @@
-"""The BUILT Bento, served by `bentoml serve <tag>` on 127.0.0.1, plus the adapter around the build."""
+"""The BUILT Bento, served by `bentoml serve <tag>` (its own default host), plus the adapter around the build."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import pytest
 
 from components.predictor import load_predictor
 from flows import bento
+from tests.service.conftest import SECRET, SECRET_FILES
 
 pytestmark = pytest.mark.slow
 
@@ -23,6 +26,32 @@ def test_startup_log_names_models_and_batch_placement(http, served_bento, classi
     output = served_bento.output()
     assert f"serving {classifier_tag}" in output
     assert "classification batches run on the event loop" in output  # a tiny TF-IDF: fast batches
+
+
+def test_the_served_bento_listens_on_the_loopback_only(served_bento):
+    # Served with no --host: the Bento's own config decides (`bentoml serve` alone would bind 0.0.0.0).
+    import psutil
+
+    port = urlparse(served_bento.url).port
+    listening = {
+        c.laddr.ip
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
+    assert listening == {"127.0.0.1"}, listening
+
+
+def test_the_bento_carries_the_service_code_and_no_secret(built_bento):
+    # The project it was built from held SECRET in a user config, data, a log and an env file.
+    import bentoml
+
+    root = Path(bentoml.bentos.get(built_bento).path)
+    files = [path for path in root.rglob("*") if path.is_file()]
+    assert not [str(path.relative_to(root)) for path in files if SECRET.encode() in path.read_bytes()]
+    source = {path.relative_to(root / "src").as_posix() for path in files if (root / "src") in path.parents}
+    assert {"service.py", "compat.py", "components/predictor.py"} <= source
+    assert all(name.endswith(".py") or name == "bentofile.yaml" for name in source), sorted(source)
+    assert not source & set(SECRET_FILES)
 
 
 def test_probes_and_metrics(http):

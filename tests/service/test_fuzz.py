@@ -61,8 +61,10 @@ def operations(served_bento, generator_model):
 
 
 def test_the_schema_lists_the_apis(operations):
-    for path in ("/classify", "/classify_unbatched", "/echo", "/info", "/readyz", "/metrics"):
+    for path in ("/classify", "/info", "/readyz", "/metrics"):
         assert any(name.endswith(f" {path}") for name in operations), path
+    # The benchmark-only endpoints are not part of the default service.
+    assert not any(name.endswith((" /echo", " /classify_unbatched")) for name in operations), list(operations)
 
 
 def fuzz(operation, mode: GenerationMode, call) -> int:
@@ -98,7 +100,9 @@ def test_no_5xx_and_conforming_responses(operations, served_bento, mode):
         if mode is GenerationMode.NEGATIVE and operation.method.upper() != "POST":
             continue  # the probes take no input to get wrong
         calls[name] = fuzz(operation, mode, lambda case: case.call(base_url=served_bento.url, timeout=30))
-    assert sum(count >= MAX_EXAMPLES // 2 for count in calls.values()) >= 4, calls  # inputs were explored
+    # Inputs were explored: every POST operation got most of its generated cases.
+    posts = {name: count for name, count in calls.items() if name.startswith("POST ")}
+    assert "POST /classify" in posts and all(count >= MAX_EXAMPLES // 2 for count in posts.values()), calls
     assert served_bento.process.poll() is None
 
 

@@ -1,7 +1,8 @@
 """The service in this process (starlette TestClient over ``MaasService.to_asgi()``).
 
 Its models come from the session BentoML home: the tiny TF-IDF classifier (limits: 8 texts,
-500 characters, 32 new tokens, 200 prompt characters) and a generator.
+500 characters, 32 new tokens, 200 prompt characters) and a generator. ``client`` is the default
+service; ``bench_client`` the one defined with MAAS_BENCHMARK_ENDPOINTS=1 (/classify_unbatched, /echo).
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ def service(import_service, classifier_tag, generator_model):
 
 
 @pytest.fixture(scope="module")
+def benchmark_service(import_service, classifier_tag, generator_model):
+    return import_service(
+        "maas_service_benchmark",
+        {"classifier": classifier_tag, "generator": generator_model.tag},
+        benchmark_endpoints=True,
+    )
+
+
+@pytest.fixture(scope="module")
 def classifier_only(import_service, classifier_tag):
     return import_service("maas_service_classifier_only", {"classifier": classifier_tag, "generator": "none"})
 
@@ -41,6 +51,12 @@ def asgi_app(module):
 @pytest.fixture(scope="module")
 def client(service) -> Iterator[TestClient]:
     with TestClient(asgi_app(service), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def bench_client(benchmark_service) -> Iterator[TestClient]:
+    with TestClient(asgi_app(benchmark_service), raise_server_exceptions=False) as test_client:
         yield test_client
 
 
@@ -86,14 +102,32 @@ def test_classify_equals_the_bundle(client, classifier_bundle, sample_texts):
         assert sum(item["probabilities"].values()) == pytest.approx(1.0)
 
 
-def test_unbatched_and_echo(client, sample_texts):
+BENCHMARK_PATHS = ("/classify_unbatched", "/echo")
+
+
+def test_unbatched_and_echo(bench_client, sample_texts):
     texts = sample_texts[:3]
-    batched = client.post("/classify", json={"texts": texts}).json()
-    unbatched = client.post("/classify_unbatched", json={"texts": texts})
+    batched = bench_client.post("/classify", json={"texts": texts}).json()
+    unbatched = bench_client.post("/classify_unbatched", json={"texts": texts})
     assert unbatched.status_code == 200
     assert unbatched.json() == batched
-    echo = client.post("/echo", json={"texts": texts})
+    echo = bench_client.post("/echo", json={"texts": texts})
     assert echo.status_code == 200 and echo.json() == texts
+    paths = bench_client.get("/docs.json").json()["paths"]
+    assert all(path in paths for path in BENCHMARK_PATHS)
+
+
+def test_benchmark_endpoints_are_off_by_default(client, sample_texts):
+    paths = client.get("/docs.json").json()["paths"]
+    assert "/classify" in paths and "/generate" in paths
+    assert not any(path in paths for path in BENCHMARK_PATHS), list(paths)
+    for path in BENCHMARK_PATHS:
+        assert client.post(path, json={"texts": sample_texts[:1]}).status_code == 404, path
+
+
+def test_a_served_bento_binds_the_loopback_by_default(service):
+    # `bentoml serve` binds 0.0.0.0 unless the service config (or --host) says otherwise.
+    assert service.MaasService.config["http"]["host"] == "127.0.0.1"
 
 
 def test_limits_come_from_the_model_metadata(service):
@@ -107,6 +141,10 @@ BAD_CLASSIFY = {
     "too many texts": ({"json": {"texts": ["a"] * 9}}, 400, "at most 8 items"),
     "text too long": ({"json": {"texts": ["ok", too_long]}}, 400, "at most 500 characters"),
     "empty string": ({"json": {"texts": [""]}}, 400, "at least 1 character"),
+    "whitespace only": ({"json": {"texts": ["ok", " \t\n\u00a0\u3000"]}}, 400, "text is empty"),
+    "zero-width only": ({"json": {"texts": ["\u200b\u200c\u200d\u2060\ufeff"]}}, 400, "text is empty after"),
+    "NUL only": ({"json": {"texts": ["\x00\x00"]}}, 400, "text is empty after removing"),
+    "control and format only": ({"json": {"texts": ["\x1b\x7f\u0085\u200e \x00"]}}, 400, "text is empty"),
     "non-string item": ({"json": {"texts": ["ok", 3]}}, 400, "valid string"),
     "null item": ({"json": {"texts": [None]}}, 400, "valid string"),
     "texts not a list": ({"json": {"texts": "one text"}}, 400, "valid array"),
@@ -131,12 +169,37 @@ BAD_CLASSIFY = {
 )
 @pytest.mark.parametrize("endpoint", ["/classify", "/classify_unbatched"])
 def test_bad_classify_input_is_a_4xx_and_the_service_keeps_working(
-    client, endpoint, request_kwargs, status, message
+    client, bench_client, endpoint, request_kwargs, status, message
 ):
+    if endpoint in BENCHMARK_PATHS:
+        client = bench_client
     response = client.post(endpoint, **request_kwargs)
     assert response.status_code == status, response.text
     assert message in response.text
     assert_good_request_works(client)
+
+
+def test_an_empty_text_error_names_its_position(client):
+    response = client.post("/classify", json={"texts": ["a goal", "\u200b ", "chip"]})
+    assert response.status_code == 400
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["texts", 1]
+    assert "whitespace, zero-width and control characters" in error["msg"]
+
+
+def test_texts_with_something_visible_are_classified(client):
+    texts = ["\u200bgoal\u200b", " \x00 cup \ufeff", "é", "\u00a0漢"]
+    response = client.post("/classify", json={"texts": texts})
+    assert response.status_code == 200, response.text
+    assert len(response.json()) == len(texts)
+
+
+def test_the_openapi_schema_states_the_visible_text_rule(client, service):
+    from components.serving.text_rules import visible_pattern
+
+    schemas = client.get("/docs.json").json()["components"]["schemas"]
+    patterns = json.dumps(schemas).count(json.dumps(visible_pattern()))
+    assert patterns >= 2  # /classify's texts and /generate's prompt
 
 
 def test_over_large_bodies_are_refused_before_parsing(client, service):
@@ -166,6 +229,9 @@ BAD_GENERATE = {
     "float seed": ({"seed": 1.5}, "valid integer"),
     "string temperature": ({"temperature": "hot"}, "valid number"),
     "empty prompt": ({"prompt": ""}, "at least 1 character"),
+    "whitespace prompt": ({"prompt": " \n\t "}, "text is empty after removing"),
+    "zero-width prompt": ({"prompt": "\u200b\ufeff"}, "text is empty after removing"),
+    "NUL prompt": ({"prompt": "\x00"}, "text is empty after removing"),
     "prompt too long": ({"prompt": "a" * 201}, "at most 200 characters"),
 }
 
@@ -310,7 +376,7 @@ def test_no_request_spans_are_kept_without_tracing(client, sample_texts):
     # over 12,000 requests). Without MAAS_TRACING=1 the service traces nothing.
     before = _live_spans()
     for _ in range(30):
-        assert client.post("/echo", json={"texts": sample_texts[:1]}).status_code == 200
+        assert client.post("/classify", json={"texts": sample_texts[:1]}).status_code == 200
     assert _live_spans() - before < 5
 
 
@@ -355,30 +421,18 @@ def test_a_model_on_a_gpu_runs_in_the_worker_thread(service, monkeypatch, on_acc
     assert (threads[0] == loop_thread) != on_accelerator
 
 
-def test_api_methods_are_bound_once_per_service(service, sample_texts):
-    # BentoML's server looks each API up on every request; unbound, every lookup builds a new
-    # wrapper (inspect.signature included). Bound once, it is the same wrapper, and it still works.
-    import asyncio
-
-    instance = service.MaasService.inner()
-    for name in ("classify", "classify_unbatched", "echo", "generate", "info"):
-        assert getattr(instance, name) is getattr(instance, name), name
-        assert getattr(instance, name).local is getattr(instance, name), name
-    results = asyncio.run(instance.classify.local(sample_texts[:2]))
-    assert [r.label for r in results] == [r["label"] for r in instance.classifier.predict(sample_texts[:2])]
-    assert asyncio.run(instance.echo.local(["x"])) == ["x"]
-
-
 def test_a_request_over_the_timeout_still_gets_a_504(service):
     import asyncio
 
-    from bentoml._internal.server.http.traffic import TimeoutMiddleware
     from starlette.responses import PlainTextResponse
+
+    import compat
 
     async def slow_app(scope, receive, send):
         await asyncio.sleep(5)
         await PlainTextResponse("late")(scope, receive, send)
 
-    response = TestClient(TimeoutMiddleware(slow_app, timeout=0.05)).get("/")  # no lifespan events
+    # `service` applied compat's patch: the patched middleware must still time out.
+    response = TestClient(compat.timeout_middleware(slow_app, timeout=0.05)).get("/")  # no lifespan events
     assert response.status_code == 504
     assert "0.05 seconds" in response.json()["error"]
