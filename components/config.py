@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from components.models.registry import KINDS, unknown_kind_message
 
 Task = Literal["classification", "generation"]
 
@@ -111,10 +113,17 @@ class ModelSpec(_Spec):
     """One candidate: a model kind, its hyperparameters and its training settings."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    kind: Literal["tfidf_logreg", "lstm", "transformer", "pretrained", "gpt", "lstm_lm"]
+    kind: str  # a name in components.models.registry.KINDS, the one list of model kinds
     params: dict[str, Any] = Field(default_factory=dict)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     timeout_s: float | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _check_kind(cls, kind: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(unknown_kind_message(kind))
+        return kind
 
 
 class BehaviouralChecks(_Spec):

@@ -9,7 +9,6 @@ preprocessing is never re-implemented.
 
 from __future__ import annotations
 
-import importlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -18,18 +17,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from components.models.registry import KINDS, unknown_kind_message
+
 BUNDLE_FORMAT = 1
 MANIFEST_NAME = "bundle.json"
-
-# kind -> "module:Class". Imported on first use so that loading a TF-IDF bundle never imports torch.
-PREDICTOR_CLASSES: dict[str, str] = {
-    "tfidf_logreg": "components.models.tfidf:TfidfPredictor",
-    "lstm": "components.models.neural_classifier:NeuralClassifierPredictor",
-    "transformer": "components.models.neural_classifier:NeuralClassifierPredictor",
-    "pretrained": "components.models.pretrained:PretrainedPredictor",
-    "gpt": "components.models.lm_predictor:LanguageModelPredictor",
-    "lstm_lm": "components.models.lm_predictor:LanguageModelPredictor",
-}
 
 
 class BundleError(ValueError):
@@ -137,8 +128,7 @@ def load_predictor(folder: str | Path) -> Predictor:
     folder = Path(folder)
     manifest = read_manifest(folder)
     kind = manifest.get("kind")
-    if kind not in PREDICTOR_CLASSES:
-        raise BundleError(f"{folder}: unknown model kind {kind!r} (known: {sorted(PREDICTOR_CLASSES)})")
-    module_name, class_name = PREDICTOR_CLASSES[kind].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls._load(folder, manifest)
+    if kind not in KINDS:
+        raise BundleError(f"{folder}: {unknown_kind_message(kind)}")
+    # The registry imports the kind's module only now: loading a TF-IDF bundle never imports torch.
+    return KINDS[kind].predictor_class()._load(folder, manifest)

@@ -20,14 +20,13 @@ from components.config import ModelSpec, TaskSpec
 from components.data.dataset import ClassificationData, CorpusData, load_classification_data, load_corpus
 from components.evaluation.classification import flat_metrics, plot_confusion_matrix
 from components.evaluation.report import evaluate
+from components.models.registry import model_kind
 from components.predictor import Predictor, load_predictor
 from components.training import distributed
 from components.training.candidates import train_candidate
 from flows import tracking
 from flows.logs import run_logger
 from flows.settings import Settings
-
-TORCH_KINDS = {"lstm", "transformer", "pretrained", "gpt", "lstm_lm"}
 
 
 def code_version(project_dir: Path | None = None) -> str:
@@ -46,7 +45,7 @@ def experiment_name(task_spec: TaskSpec) -> str:
 
 def load_task_data(settings: Settings, task_spec: TaskSpec, kind: str) -> ClassificationData | CorpusData:
     folder = settings.data_root / task_spec.dataset
-    if kind in {"gpt", "lstm_lm"}:
+    if model_kind(kind).is_language_model:
         return load_corpus(folder)
     return load_classification_data(folder)
 
@@ -176,7 +175,8 @@ def train_candidate_task(
             artifacts["samples.txt"] = samples
         tracking.log_artifacts(settings, run_id, artifacts)
         model_uri = tracking.log_model(
-            settings, run_id, bundle_dir, _input_example(data), needs_torch=model_spec.kind in TORCH_KINDS
+            settings, run_id, bundle_dir, _input_example(data),
+            needs_torch=model_kind(model_spec.kind).needs_torch,
         )
         version = None
         if register:
