@@ -81,12 +81,8 @@ def build(kind: str, texts: list[str], labels: list[str], max_length: int):
     if kind == "pretrained":
         from transformers import AutoTokenizer
 
-        from components.models.pretrained import (
-            EncoderClassifier,
-            default_model_folder,
-            load_encoder,
-            tokenize,
-        )
+        from components.models.encoder_classifier import EncoderClassifier, load_encoder
+        from components.models.pretrained import default_model_folder, tokenize
 
         folder = default_model_folder()
         encoder = load_encoder(folder)
@@ -101,10 +97,11 @@ def build(kind: str, texts: list[str], labels: list[str], max_length: int):
         layers, width = encoder.config.num_hidden_layers, encoder.config.hidden_size
     else:
         from components.models import neural_classifier as nc
+        from components.text.classifier_tokenizer import encode_padded, fit_tokenizer
 
         params = nc.resolve_params(kind, {"vocab_size": 8000 if kind == "transformer" else 20000})
-        tokenizer = nc.fit_tokenizer(params, texts)
-        ids, lengths = nc.encode_padded(tokenizer, texts, max_length)
+        tokenizer = fit_tokenizer(params, texts)
+        ids, lengths = encode_padded(tokenizer, texts, max_length)
         model = nc.build_model(
             kind, nc.model_config(kind, params, tokenizer.vocab_size, len(label_ids), max_length)
         )
@@ -127,8 +124,9 @@ def bench_one(kind: str, args: argparse.Namespace, texts: list[str], labels: lis
     import torch
 
     from components.config import TrainingSpec
+    from components.training.batches import IndexBatches
     from components.training.device import resolve_device
-    from components.training.engine import IndexBatches, fit
+    from components.training.engine import fit
 
     started = time.perf_counter()
     model, make_batch, loss_fn, lengths, layers, width = build(kind, texts, labels, args.max_length)

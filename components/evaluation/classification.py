@@ -22,9 +22,7 @@ def classification_metrics(y_true: Sequence[str], proba: np.ndarray, labels: Seq
         raise ValueError(f"labels {unknown} are not known to the model (it knows {labels})")
     y = np.array([index[label] for label in y_true])
     pred = proba.argmax(axis=1)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y, pred, labels=list(range(len(labels))), zero_division=0
-    )
+    precision, recall, f1, support = per_class_scores(y, pred, len(labels))
     return {
         "accuracy": float(accuracy_score(y, pred)),
         "macro_f1": float(f1.mean()),
@@ -40,6 +38,18 @@ def classification_metrics(y_true: Sequence[str], proba: np.ndarray, labels: Seq
         },
         "confusion_matrix": confusion_matrix(y, pred, labels=list(range(len(labels)))).tolist(),
     }
+
+
+def per_class_scores(
+    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall, F1 and support of each class id 0..num_classes-1 (0 where undefined)."""
+    return precision_recall_fscore_support(y_true, y_pred, labels=list(range(num_classes)), zero_division=0)
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """Unweighted mean of per-class F1 over all classes (a class never seen nor predicted scores 0)."""
+    return float(per_class_scores(y_true, y_pred, num_classes)[2].mean())
 
 
 def _normalised(proba: np.ndarray) -> np.ndarray:

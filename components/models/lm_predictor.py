@@ -33,7 +33,6 @@ Bundle: ``bundle.json`` (config: kind's model config and the tokenizer type),
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -46,8 +45,7 @@ from safetensors.torch import load_model, save_model
 from components.config import ModelSpec
 from components.data.dataset import CorpusData
 from components.evaluation.language_model import evaluate_text
-from components.models.gpt import GPT, GPTConfig
-from components.models.lstm_lm import LSTMLanguageModel, LSTMLMConfig
+from components.models.registry import KINDS, model_kind
 from components.models.sampling import make_generator, make_sampler, validate_sampling
 from components.predictor import GeneratorPredictor
 from components.text.char_tokenizer import CharTokenizer
@@ -58,6 +56,7 @@ from components.training.device import (
     inference_context,
     resolve_device,
     seed_everything,
+    torch_threads,
 )
 
 log = logging.getLogger(__name__)
@@ -66,10 +65,14 @@ TOKENIZER_FILE = "tokenizer.json"
 WEIGHTS_FILE = "model.safetensors"
 SAMPLE_SEEDS = (0, 1, 2)
 
-MODELS: dict[str, tuple[type, type]] = {
-    "gpt": (GPTConfig, GPT),
-    "lstm_lm": (LSTMLMConfig, LSTMLanguageModel),
-}
+
+def network_classes(kind: str) -> tuple[type, type]:
+    """(config dataclass, nn.Module class) of a language-model kind, from the registry."""
+    entry = model_kind(kind)
+    if not entry.is_language_model:
+        expected = sorted(name for name, k in KINDS.items() if k.is_language_model)
+        raise ValueError(f"not a language-model kind: {kind!r} (expected one of {expected})")
+    return entry.config_class(), entry.network_class()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,9 +94,7 @@ class LMOptions:
 
 def split_params(kind: str, params: dict[str, Any]) -> tuple[LMOptions, dict[str, Any]]:
     """Split `params` into the options and the model config fields; unknown keys are errors."""
-    if kind not in MODELS:
-        raise ValueError(f"not a language-model kind: {kind!r} (expected one of {sorted(MODELS)})")
-    config_cls = MODELS[kind][0]
+    config_cls = network_classes(kind)[0]
     model_keys = {f.name for f in dataclasses.fields(config_cls)} - {"vocab_size"}
     option_keys = {f.name for f in dataclasses.fields(LMOptions)}
     unknown = set(params) - model_keys - option_keys
@@ -212,7 +213,7 @@ class LanguageModelPredictor(GeneratorPredictor):
     @classmethod
     def _load(cls, folder: Path, manifest: dict[str, Any]) -> LanguageModelPredictor:
         kind = manifest["kind"]
-        config_cls, model_cls = MODELS[kind]
+        config_cls, model_cls = network_classes(kind)
         model = model_cls(config_cls(**manifest["config"]["model"]))
         load_model(model, str(folder / WEIGHTS_FILE))
         tokenizer_type = manifest["config"]["tokenizer"]
@@ -224,23 +225,11 @@ class LanguageModelPredictor(GeneratorPredictor):
 # -- training -----------------------------------------------------------------------------
 def fixed_windows(ids: torch.Tensor, block_size: int, n_batches: int, batch_size: int, seed: int) -> list:
     """`n_batches` (x, y) batches of random windows, the same for a given seed (for evaluation)."""
-    from components.training.engine import TokenWindowBatches
+    from components.training.batches import TokenWindowBatches
 
     block_size = min(block_size, len(ids) - 2)
     source = TokenWindowBatches(ids, block_size, batch_size, seed=seed, batches_per_epoch=n_batches)
     return list(source.batches(0))
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Run the block with `n` intra-op threads (None: leave the setting alone), then restore it."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def train(
@@ -257,11 +246,12 @@ def train(
 def _train(
     spec: ModelSpec, data: CorpusData, workdir: Path, on_metrics: MetricsCallback
 ) -> LanguageModelPredictor:
-    from components.training.engine import TokenWindowBatches, fit
+    from components.training.batches import TokenWindowBatches
+    from components.training.engine import fit
 
     training = spec.training
     options, model_params = split_params(spec.kind, spec.params)
-    config_cls, model_cls = MODELS[spec.kind]
+    config_cls, model_cls = network_classes(spec.kind)
 
     log.info("building the %s tokenizer from %d characters", options.tokenizer, len(data.train_text))
     # Under torchrun every rank must hold the same vocabulary: rank 0's tokenizer wins.

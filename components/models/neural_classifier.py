@@ -40,45 +40,46 @@ the plain Adam of the original LSTM design.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from components.config import ModelSpec, TrainingSpec
 from components.data.dataset import ClassificationData
-from components.models.lstm import LSTMClassifier, LSTMConfig
-from components.models.transformer_encoder import TransformerClassifier, TransformerConfig
+from components.models.registry import model_kind
 from components.predictor import ClassifierPredictor
-from components.text.bpe import BPETokenizer
-from components.text.word_vectors import ppmi_svd_vectors
-from components.text.word_vocab import WordVocab
-from components.training import checkpoint as ckpt
-from components.training import distributed
-from components.training.callbacks import MetricsCallback, no_metrics
-from components.training.device import (
-    attention_for_varied_shapes,
-    model_device,
-    move_to_device,
-    resolve_device,
-    seed_everything,
+from components.text.classifier_tokenizer import (
+    TOKENIZER_FILES,
+    Tokenizer,
+    encode_padded,
+    fit_tokenizer,
+    load_tokenizer,
+    pad_encoded,
 )
-from components.training.engine import IndexBatches, fit
+from components.text.word_vectors import ppmi_svd_vectors
+from components.training.batches import IndexBatches
+from components.training.callbacks import MetricsCallback, no_metrics
+from components.training.classifier_fit import (
+    MONITORS,
+    classification_evaluator,
+    cross_entropy_loss,
+    training_summary,
+)
+from components.training.device import model_device, resolve_device, seed_everything
+from components.training.distributed import shared_artifact
+from components.training.engine import fit
+from components.training.length_batches import predict_in_length_batches
+from components.training.resume import data_fingerprint, mark_run, resumable_checkpoint, run_fingerprint
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FILES = {"word": "vocab.json", "bpe": "tokenizer.json"}
-RUN_FILE = "run.json"
-MONITORS = ("val_macro_f1", "val_accuracy", "val_loss")
 
 _COMMON = {
     "tokenizer": "word",
@@ -115,8 +116,6 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
 }
 # Params that are not fields of the network's config (LSTMConfig, TransformerConfig).
 _NON_ARCHITECTURE_KEYS = ("tokenizer", "vocab_size", "min_freq", "lowercase", "monitor", "embedding_init")
-
-Tokenizer = WordVocab | BPETokenizer
 
 
 # ------------------------------------------------------------------------------------------
@@ -157,190 +156,17 @@ def init_embedding_from_ids(embedding: nn.Embedding, token_ids: Sequence[Sequenc
             embedding.weight[embedding.padding_idx].zero_()
 
 
-def fit_tokenizer(params: dict[str, Any], texts: Sequence[str]) -> Tokenizer:
-    if params["tokenizer"] == "word":
-        return WordVocab.build(
-            texts, min_freq=params["min_freq"], max_size=params["vocab_size"], lowercase=params["lowercase"]
-        )
-    return BPETokenizer.train(
-        texts,
-        vocab_size=params["vocab_size"],
-        min_frequency=params["min_freq"],
-        lowercase=params["lowercase"],
-    )
-
-
-def load_tokenizer(kind: str, path: Path) -> Tokenizer:
-    return WordVocab.load(path) if kind == "word" else BPETokenizer.load(path)
-
-
 def model_config(kind: str, params: dict[str, Any], vocab_size: int, num_classes: int, max_length: int):
+    """The network's config (LSTMConfig or TransformerConfig, as the registry names it)."""
     arch = {k: v for k, v in params.items() if k not in _NON_ARCHITECTURE_KEYS}
-    if kind == "lstm":
-        return LSTMConfig(vocab_size=vocab_size, num_classes=num_classes, **arch)
-    return TransformerConfig(vocab_size=vocab_size, num_classes=num_classes, max_length=max_length, **arch)
+    config_cls = model_kind(kind).config_class()
+    if "max_length" in {f.name for f in fields(config_cls)}:
+        arch["max_length"] = max_length  # the transformer's position table
+    return config_cls(vocab_size=vocab_size, num_classes=num_classes, **arch)
 
 
-def build_model(kind: str, config: LSTMConfig | TransformerConfig) -> nn.Module:
-    return LSTMClassifier(config) if kind == "lstm" else TransformerClassifier(config)
-
-
-def encode_padded(
-    tokenizer: Tokenizer, texts: Sequence[str], max_length: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Texts -> (ids (N, L) padded with 0, lengths (N,)), L the longest encoding (<= max_length)."""
-    return pad_encoded(tokenizer.encode_batch(list(texts), max_length=max_length))
-
-
-def pad_encoded(encoded: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists -> (ids (N, L) padded with 0, lengths (N,)), L the longest list."""
-    lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
-    width = max(1, int(lengths.max())) if len(encoded) else 1
-    ids = torch.zeros(len(encoded), width, dtype=torch.long)
-    for row, e in enumerate(encoded):
-        if e:
-            ids[row, : len(e)] = torch.tensor(e, dtype=torch.long)
-    return ids, lengths
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    """Unweighted mean of per-class F1 over all classes (a class never seen nor predicted scores 0)."""
-    f1 = []
-    for c in range(num_classes):
-        tp = np.sum((y_pred == c) & (y_true == c))
-        fp = np.sum((y_pred == c) & (y_true != c))
-        fn = np.sum((y_pred != c) & (y_true == c))
-        f1.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return float(np.mean(f1))
-
-
-def length_sorted_batches(lengths: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Index batches over rows sorted by length (little padding per batch)."""
-    order = torch.argsort(lengths, descending=True, stable=True)
-    return list(order.split(batch_size))
-
-
-@torch.no_grad()
-def predict_in_length_batches(
-    logits_fn: Callable[[Any], torch.Tensor],
-    make_batch: Callable[[torch.Tensor], Any],
-    lengths: torch.Tensor,
-    batch_size: int,
-    num_classes: int,
-    device: torch.device,
-) -> np.ndarray:
-    """Class probabilities (N, C), float64: `logits_fn` on each length-sorted batch, on `device`."""
-    out = np.zeros((len(lengths), num_classes), dtype=np.float64)
-    with attention_for_varied_shapes(device):
-        for idx in length_sorted_batches(lengths, batch_size):
-            logits = logits_fn(move_to_device(make_batch(idx), device)).float()  # (b, C)
-            out[idx.numpy()] = torch.softmax(logits, dim=-1).cpu().double().numpy()
-    return out
-
-
-def classification_evaluator(
-    logits_fn: Callable[[nn.Module, Any], torch.Tensor],
-    make_batch: Callable[[torch.Tensor], Any],
-    lengths: torch.Tensor,
-    targets: torch.Tensor,
-    num_classes: int,
-    batch_size: int,
-    max_examples: int | None = None,
-    seed: int = 0,
-) -> Callable[[nn.Module], dict[str, float]]:
-    """An `evaluate(model)` for the fit loop: val_loss, val_accuracy and val_macro_f1.
-
-    With `max_examples` a fixed seeded subset is scored each time (spec.eval_batches).
-    """
-    rows = torch.arange(len(targets))
-    if max_examples is not None and max_examples < len(rows):
-        rows = torch.from_numpy(np.random.default_rng(seed).permutation(len(rows))[:max_examples])
-    batches = [rows[b] for b in length_sorted_batches(lengths[rows], batch_size)]
-
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        device = model_device(model)
-        loss_sum, preds, truth = 0.0, [], []
-        for idx in batches:
-            logits = logits_fn(model, move_to_device(make_batch(idx), device)).float()  # (b, C)
-            y = targets[idx].to(device)
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            preds.append(logits.argmax(dim=1).cpu())
-            truth.append(targets[idx])
-        y_pred, y_true = torch.cat(preds).numpy(), torch.cat(truth).numpy()
-        return {
-            "val_loss": loss_sum / len(y_true),
-            "val_accuracy": float(np.mean(y_pred == y_true)),
-            "val_macro_f1": macro_f1(y_true, y_pred, num_classes),
-        }
-
-    return evaluate
-
-
-def training_summary(result: Any, model: nn.Module) -> dict[str, Any]:
-    """Bundle metadata from a FitResult: how the weights came about."""
-    summary = {
-        "steps": result.steps,
-        "epochs": round(result.epochs, 4),
-        "best_step": result.best_step,
-        "stopped_early": result.stopped_early,
-        "train_time_s": round(result.train_time_s, 3),
-        "samples_per_s": round(result.samples_per_s, 2),
-        "device": result.device,
-        "world_size": result.world_size,
-        "num_parameters": sum(p.numel() for p in model.parameters()),
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-    }
-    summary.update({k: float(v) for k, v in result.best_metrics.items()})
-    return summary
-
-
-def run_fingerprint(*parts: Any) -> str:
-    """A hash of what determines a training run (to resume only the same run)."""
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(json.dumps(part, sort_keys=True, default=str).encode())
-        h.update(b"\x00")
-    return h.hexdigest()
-
-
-def data_fingerprint(data: ClassificationData) -> str:
-    h = hashlib.sha256()
-    for texts in (data.train_texts, data.train_labels, data.val_texts, data.val_labels, data.labels):
-        for t in texts:
-            h.update(t.encode("utf-8", "surrogatepass"))
-            h.update(b"\x00")
-        h.update(b"\x01")
-    return h.hexdigest()
-
-
-def resumable_checkpoint(ckpt_dir: Path, fingerprint: str) -> bool:
-    """True when `ckpt_dir` holds a checkpoint of the very same run (else start afresh)."""
-    run_file = ckpt_dir / RUN_FILE
-    if not (ckpt.has_checkpoint(ckpt_dir) and run_file.is_file()):
-        return False
-    same = json.loads(run_file.read_text()).get("fingerprint") == fingerprint
-    if not same:
-        log.info("checkpoint in %s belongs to another run: starting afresh", ckpt_dir)
-    return same
-
-
-def shared_artifact(
-    build: Callable[[], Any],
-    save: Callable[[Any, Path], Any],
-    load: Callable[[Path], Any],
-    path: Path,
-    reuse: bool,
-) -> Any:
-    """Build (rank 0) or reuse an artifact saved at `path`; under DDP the other ranks load rank 0's."""
-    ctx = distributed.context()
-    if reuse and path.is_file():
-        return load(path)
-    if ctx.is_main:
-        obj = build()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save(obj, path)
-    distributed.barrier()
-    return obj if ctx.is_main else load(path)
+def build_model(kind: str, config: Any) -> nn.Module:
+    return model_kind(kind).network_class()(config)
 
 
 # ------------------------------------------------------------------------------------------
@@ -401,8 +227,7 @@ class NeuralClassifierPredictor(ClassifierPredictor):
 
         kind, config = manifest["kind"], manifest["config"]
         tokenizer = load_tokenizer(config["tokenizer"], folder / TOKENIZER_FILES[config["tokenizer"]])
-        model_cfg = (LSTMConfig if kind == "lstm" else TransformerConfig)(**config["model"])
-        model = build_model(kind, model_cfg)
+        model = build_model(kind, model_kind(kind).config_class()(**config["model"]))
         model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
         model.to(resolve_device("auto"))
         return cls(kind, config, manifest["labels"], tokenizer, model, manifest.get("metadata"))
@@ -411,15 +236,6 @@ class NeuralClassifierPredictor(ClassifierPredictor):
 # ------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------
-def _loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    ids, lengths, targets = batch
-    return F.cross_entropy(model(ids, lengths), targets)
-
-
-def _logits_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    return model(*batch)
-
-
 def _row_batcher(ids: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor | None = None):
     """make_batch(indices) -> (ids (b, longest), lengths (b,)[, targets (b,)]): padding cut per batch."""
 
@@ -462,9 +278,8 @@ def train(
         path=(ckpt_dir or workdir) / TOKENIZER_FILES[tok_kind],
         reuse=reuse,
     )
-    if ckpt_dir is not None and distributed.is_main_process():
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (ckpt_dir / RUN_FILE).write_text(json.dumps({"fingerprint": fingerprint}))
+    if ckpt_dir is not None:
+        mark_run(ckpt_dir, fingerprint)
 
     # PPMI-SVD vectors want the whole training texts: then they are encoded whole, once, and
     # truncated for training (the same ids: both tokenizers truncate by dropping trailing tokens).
@@ -494,24 +309,11 @@ def train(
         len(y_train), t.batch_size, _row_batcher(train_ids, train_len, y_train), seed=t.seed
     )
     eval_bs = max(64, t.batch_size)
-    evaluate = (
-        classification_evaluator(
-            _logits_fn,
-            _row_batcher(val_ids, val_len),
-            val_len,
-            y_val,
-            len(labels),
-            eval_bs,
-            max_examples=t.eval_batches * eval_bs if t.eval_batches else None,
-            seed=t.seed,
-        )
-        if len(y_val)
-        else None
-    )
+    evaluate = classification_evaluator(_row_batcher(val_ids, val_len), val_len, y_val, len(labels), eval_bs, t)
     result = fit(
         model,
         batches,
-        _loss_fn,
+        cross_entropy_loss,
         t,
         evaluate=evaluate,
         monitor=params["monitor"],

@@ -26,7 +26,6 @@ truncates the texts (in tokens).
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,23 +34,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from components.config import ModelSpec, TrainingSpec
 from components.data.dataset import ClassificationData
-from components.models.neural_classifier import (
+from components.models.encoder_classifier import EncoderClassifier, FeatureHead, freeze_encoder, load_encoder
+from components.predictor import ClassifierPredictor
+from components.training.batches import IndexBatches
+from components.training.callbacks import MetricsCallback, no_metrics
+from components.training.classifier_fit import (
     MONITORS,
-    RUN_FILE,
     classification_evaluator,
-    data_fingerprint,
-    length_sorted_batches,
-    predict_in_length_batches,
-    resumable_checkpoint,
-    run_fingerprint,
+    cross_entropy_loss,
     training_summary,
 )
-from components.predictor import ClassifierPredictor
-from components.training.callbacks import MetricsCallback, no_metrics
 from components.training.device import (
     autocast_context,
     inference_context,
@@ -60,8 +55,9 @@ from components.training.device import (
     resolve_device,
     seed_everything,
 )
-from components.training.distributed import is_main_process
-from components.training.engine import IndexBatches, fit
+from components.training.engine import fit
+from components.training.length_batches import length_sorted_batches, predict_in_length_batches
+from components.training.resume import data_fingerprint, mark_run, resumable_checkpoint, run_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +84,6 @@ def default_model_folder() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
-def load_encoder(source: str | Path, **kwargs: Any):
-    """The Hugging Face encoder in float32, whatever dtype its weights were saved in.
-
-    Recent `transformers` load a checkpoint in its saved dtype; many hub models are saved in
-    bf16 or fp16, and fine-tuning those weights directly loses AdamW's small updates. The fit
-    loop keeps float32 weights and gets bf16 speed from autocast on CUDA instead.
-    """
-    from transformers import AutoModel
-
-    return AutoModel.from_pretrained(source, dtype=torch.float32, **kwargs)
-
-
 def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     unknown = set(params) - set(DEFAULT_PARAMS)
     if unknown:
@@ -113,66 +97,6 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     if resolved["monitor"] not in MONITORS:
         raise ValueError(f"params.monitor must be one of {MONITORS}, got {resolved['monitor']!r}")
     return resolved
-
-
-# ------------------------------------------------------------------------------------------
-# network
-# ------------------------------------------------------------------------------------------
-class EncoderClassifier(nn.Module):
-    """A Hugging Face encoder, pooled over the real tokens, then dropout and a linear head."""
-
-    def __init__(self, encoder: nn.Module, num_classes: int, dropout: float = 0.1, pooling: str = "mean"):
-        super().__init__()
-        self.encoder = encoder
-        self.pooling = pooling
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(encoder.config.hidden_size, num_classes)
-
-    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """input_ids, attention_mask (B, T) -> pooled features (B, H)."""
-        hidden = self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask
-        ).last_hidden_state  # (B, T, H)
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # (B, H)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(input_ids, attention_mask)))  # (B, C)
-
-
-class FeatureHead(nn.Module):
-    """The classifier's own dropout + head, trained on cached features (frozen encoder)."""
-
-    def __init__(self, classifier: EncoderClassifier):
-        super().__init__()
-        self.dropout = classifier.dropout
-        self.head = classifier.head  # the same module: training this trains the classifier's head
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(features))  # (B, C)
-
-
-def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
-    """The encoder's stack of transformer layers (the longest ModuleList: BERT's encoder.layer, ...)."""
-    lists = [m for m in encoder.modules() if isinstance(m, nn.ModuleList)]
-    if not lists:
-        raise ValueError(f"cannot find the layer stack of {type(encoder).__name__}")
-    return max(lists, key=len)
-
-
-def freeze_encoder(encoder: nn.Module, train_layers: int | str) -> None:
-    """Leave only the last `train_layers` transformer layers trainable ('all': everything)."""
-    if train_layers == "all":
-        encoder.requires_grad_(True)
-        return
-    encoder.requires_grad_(False)
-    layers = encoder_layers(encoder)
-    if train_layers > len(layers):
-        raise ValueError(f"train_layers={train_layers} but the encoder has {len(layers)} layers")
-    for layer in list(layers)[len(layers) - train_layers :] if train_layers else []:
-        layer.requires_grad_(True)
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,15 +221,6 @@ class PretrainedPredictor(ClassifierPredictor):
 # ------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------
-def _loss_fn(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    *inputs, targets = batch
-    return F.cross_entropy(model(*inputs), targets)
-
-
-def _logits_fn(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    return model(*batch)
-
-
 def _param_groups(model: nn.Module, head: nn.Module, weight_decay: float, head_lr_scale: float):
     head_ids = {id(p) for p in head.parameters()}
     groups: list[dict[str, Any]] = []
@@ -345,9 +260,8 @@ def train(
         data_fingerprint(data),
     )
     resume = ckpt_dir is not None and resumable_checkpoint(ckpt_dir, fingerprint)
-    if ckpt_dir is not None and is_main_process():
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (ckpt_dir / RUN_FILE).write_text(json.dumps({"fingerprint": fingerprint}))
+    if ckpt_dir is not None:
+        mark_run(ckpt_dir, fingerprint)
 
     log.info("loading the pretrained encoder %s", source)
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -365,7 +279,6 @@ def train(
     y_train = torch.tensor([index[label] for label in data.train_labels], dtype=torch.long)
     y_val = torch.tensor([index[label] for label in data.val_labels], dtype=torch.long)
     eval_bs = max(32, t.batch_size)
-    max_eval = t.eval_batches * eval_bs if t.eval_batches else None
 
     if params["train_layers"] == 0:
         # Frozen encoder: its features never change, so compute them once and train the head on them.
@@ -377,44 +290,22 @@ def train(
         batches = IndexBatches(
             len(y_train), t.batch_size, lambda idx: (train_x[idx], y_train[idx]), seed=t.seed
         )
-        evaluate = (
-            classification_evaluator(
-                _logits_fn,
-                lambda idx: (val_x[idx],),
-                torch.ones(len(y_val), dtype=torch.long),
-                y_val,
-                len(labels),
-                eval_bs,
-                max_examples=max_eval,
-                seed=t.seed,
-            )
-            if len(y_val)
-            else None
+        evaluate = classification_evaluator(
+            lambda idx: (val_x[idx],), torch.ones(len(y_val), dtype=torch.long), y_val, len(labels), eval_bs, t
         )
     else:
         trained = model
         batches = IndexBatches(
             len(y_train), t.batch_size, _row_batcher(train_ids, train_mask, train_len, y_train), seed=t.seed
         )
-        evaluate = (
-            classification_evaluator(
-                _logits_fn,
-                _row_batcher(val_ids, val_mask, val_len),
-                val_len,
-                y_val,
-                len(labels),
-                eval_bs,
-                max_examples=max_eval,
-                seed=t.seed,
-            )
-            if len(y_val)
-            else None
+        evaluate = classification_evaluator(
+            _row_batcher(val_ids, val_mask, val_len), val_len, y_val, len(labels), eval_bs, t
         )
 
     result = fit(
         trained,
         batches,
-        _loss_fn,
+        cross_entropy_loss,
         t,
         evaluate=evaluate,
         monitor=params["monitor"],

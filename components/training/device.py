@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -86,10 +86,24 @@ def inference_context(device: torch.device) -> contextlib.ExitStack:
     return stack
 
 
-def configure_backend(device: torch.device, num_threads: int | None = None) -> None:
-    """Process-wide switches, set once by the fit loop: thread count, TF32 on CUDA."""
-    if num_threads:
-        torch.set_num_threads(int(num_threads))
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with `n` intra-op threads (None: leave the setting alone), then restore it.
+
+    The one way to scope ``TrainingSpec.num_threads``: on a small shared CPU one thread is often
+    fastest for small models, but the setting is process-wide and must not outlive the job.
+    """
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def configure_backend(device: torch.device) -> None:
+    """Process-wide switches, set once by the fit loop: TF32 on CUDA."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

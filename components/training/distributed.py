@@ -3,7 +3,7 @@
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK. :func:`init_distributed` then joins the
 process group (NCCL on CUDA, gloo on CPU); the fit loop asks :func:`context` whether it
 runs distributed and, if so, wraps the model in DistributedDataParallel, gives each rank
-its share of every global batch (see ``engine.IndexBatches.shard``) and lets rank 0 alone
+its share of every global batch (see ``batches.IndexBatches.shard``) and lets rank 0 alone
 log, evaluate and save. TrainingSpec.batch_size is the *global* batch: the same config
 trains the same way on 1 or N processes.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,25 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def shared_artifact(
+    build: Callable[[], Any],
+    save: Callable[[Any, Path], Any],
+    load: Callable[[Path], Any],
+    path: Path,
+    reuse: bool,
+) -> Any:
+    """Build (rank 0) or reuse an artifact saved at `path`; under DDP the other ranks load rank 0's."""
+    ctx = context()
+    if reuse and path.is_file():
+        return load(path)
+    if ctx.is_main:
+        obj = build()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save(obj, path)
+    barrier()
+    return obj if ctx.is_main else load(path)
 
 
 def launch_command(nproc: int, args: list[str]) -> list[str]:

@@ -1,115 +1,30 @@
 """The one fit loop of the project: every torch model (classifiers and language models) trains here.
 
-API
----
-::
-
-    from components.training.engine import fit, IndexBatches, TokenWindowBatches
-
-    result = fit(
-        model,                      # nn.Module, on the CPU; fit moves it to the device
-        batches,                    # a BatchSource (below) or any re-iterable (list, DataLoader)
-        loss_fn,                    # loss_fn(model, batch) -> scalar tensor (batch already on the device)
-        spec,                       # TrainingSpec: device, seed, epochs/max_steps, lr schedule, ...
-        evaluate=None,              # evaluate(model) -> {"val_loss": ..., ...}; runs in eval mode, no_grad
-        monitor="val_loss",         # the evaluate() key for early stopping and "best weights"
-        mode=None,                  # "min"/"max"; None: "min" for names with loss/perplexity/bpc, else "max"
-        on_metrics=no_metrics,      # on_metrics(metrics, step): the narrow tracking interface
-        checkpoint_dir=None,        # folder for checkpoint.pt (every spec.checkpoint_every steps and at the end)
-        resume=False,               # continue from checkpoint_dir if it holds a checkpoint (else start fresh)
-    )
-    result.steps, result.history, result.best_metric, result.wall_time_s, result.samples_per_s
-
-Other keyword arguments: ``param_groups(model) -> list[dict]`` (default: weight decay on
-tensors with >= 2 dims, none on biases and norms; a group may carry ``lr_scale``),
-``log_every`` (steps between train-metric records; default about 20 per run, at most every
-50 steps), ``progress`` (tqdm bar; default: when stderr is a terminal), ``stop_after``
-(stop after that many steps *as if killed*: the schedule still spans the whole run; for tests
-and time slicing), ``extra`` (plain data saved in the checkpoint, e.g. the model config),
-``device`` (overrides ``spec.device``).
-
-What it does, per TrainingSpec field
------------------------------------
-- ``device``: derived once (auto: CUDA, MPS, CPU). On CUDA: bf16 autocast around
-  ``loss_fn`` and ``evaluate``, fused AdamW, TF32; elsewhere fp32 (fused AdamW on CPU too).
-- ``seed``: seeds python/numpy/torch at the start (seed + rank under DDP) so a CPU run is
-  reproducible; seed the model's initialisation yourself before building it
-  (``device.seed_everything``).
-- ``max_steps`` (optimizer steps; wins over ``epochs``) or ``epochs`` over ``len(batches)``.
-- ``batch_size`` is read by *you* when building the batch source; under DDP it is the
-  *global* batch and ``IndexBatches.shard`` gives each rank its slice.
-- ``grad_accum``: micro-batches per optimizer step (the loss is averaged over them).
-- ``lr``, ``warmup_steps``, ``min_lr``: linear warmup then cosine decay to ``min_lr``
-  (None: ``lr / 10``; set ``min_lr = lr`` for a constant rate). ``weight_decay``, ``beta2``: AdamW.
-- ``grad_clip``: global-norm clipping (None or 0: off).
-- ``eval_every`` (steps; None: once per epoch, and always at the end) and
-  ``early_stopping_patience`` (evaluations without improvement of ``monitor``). The best
-  weights by ``monitor`` are kept (on the CPU) and put back into ``model`` at the end.
-- ``checkpoint_every`` (steps) with ``checkpoint_dir``: see ``checkpoint.py``.
-- ``compile``: ``torch.compile`` the model. ``num_threads``: ``torch.set_num_threads`` for this
-  fit (restored afterwards); on a small shared CPU, 1 thread is often fastest for small models.
-- ``eval_batches``, ``max_length``: not read here; ``evaluate`` and the batch builder read them.
-
-Models: ``loss_fn`` gets the *training* module (wrapped by DDP / torch.compile when those
-are on: call it, do not reach into its attributes); ``evaluate`` gets the plain module, in
-eval mode under ``torch.no_grad()`` and the autocast context, and runs on rank 0 only (its
-metrics are broadcast, so early stopping decides the same on every rank). ``model`` is
-trained in place and stays on the device; the checkpoint holds the last weights, ``model``
-ends with the best ones.
-
-Metrics: every ``log_every`` steps ``{"train_loss", "lr", "grad_norm", "samples_per_s"}``
-(the loss averaged over the interval and, under DDP, over the ranks; samples/s of all ranks),
-after each evaluation what ``evaluate`` returned, at the end ``{"best_<monitor>"}``; each
-record also lands in ``result.history`` as ``{"step": s, ...}``. The loss is read back
-from the device only at those logging steps (no per-step ``.item()`` sync).
-
-Batch sources (exact resume)
-----------------------------
-A *BatchSource* has ``__len__`` (batches per epoch) and ``batches(epoch, start)`` yielding
-the batches of `epoch` from number `start` on; the order must depend only on (seed, epoch),
-which makes resume exact. ``IndexBatches`` (shuffled mini-batches of indices, for
-classifiers) and ``TokenWindowBatches`` (random windows of a token stream, nanoGPT's
-``get_batch``, for language models) are provided. A plain re-iterable (list, DataLoader)
-also works: resume then skips consumed batches by iterating, which is exact only if the
-iterable yields the same order each pass.
-
-How a language model calls it::
-
-    data = torch.tensor(tokenizer.encode(corpus.train_text), dtype=torch.long)
-    batches = TokenWindowBatches(data, block_size=cfg.block_size, batch_size=spec.batch_size,
-                                 seed=spec.seed)                      # yields (x, y), each (B, T)
-
-    def loss_fn(model, batch):
-        x, y = batch
-        logits = model(x)                                             # (B, T, V)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
-
-    def evaluate(model):                                              # eval mode, no_grad, autocast
-        return {"val_loss": mean loss over spec.eval_batches windows of the val stream}
-
-    result = fit(model, batches, loss_fn, spec, evaluate=evaluate, monitor="val_loss",
-                 on_metrics=on_metrics, checkpoint_dir=workdir / "checkpoints", resume=True)
+``fit(model, batches, loss_fn, spec, evaluate=..., monitor=...)`` trains `model` in place on
+the device ``spec.device`` resolves to and returns a FitResult. `batches` is a batch source
+(``components.training.batches``) or any re-iterable, ``loss_fn(model, batch)`` returns the
+scalar loss, ``evaluate(model)`` returns validation metrics, and ``monitor`` names the one
+that decides early stopping and the best weights, which `model` holds at the end.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from components.config import TrainingSpec
 from components.training import checkpoint as ckpt
 from components.training import distributed
+from components.training.batches import BatchSource, BatchStream, as_source, source_len
 from components.training.callbacks import MetricsCallback, no_metrics
 from components.training.device import (
     autocast_context,
@@ -119,194 +34,13 @@ from components.training.device import (
     move_to_device,
     resolve_device,
     seed_everything,
+    torch_threads,
 )
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 EvaluateFn = Callable[[nn.Module], Mapping[str, float]]
-
-
-# ------------------------------------------------------------------------------------------
-# batch sources
-# ------------------------------------------------------------------------------------------
-@runtime_checkable
-class BatchSource(Protocol):
-    def __len__(self) -> int: ...
-
-    def batches(self, epoch: int, start: int = 0) -> Iterator[Any]: ...
-
-
-def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
-    """The generator of one epoch's data order: a function of (seed, epoch) only."""
-    return np.random.default_rng([int(seed), int(epoch)])
-
-
-class IndexBatches:
-    """Mini-batches of example indices, reshuffled each epoch from (seed, epoch).
-
-    `make_batch(indices)` turns a LongTensor of indices into a batch (e.g. slices of
-    pre-padded tensors). After ``shard(rank, world_size)`` each rank gets a contiguous
-    ``batch_size // world_size`` slice of every global batch (a short last batch is padded
-    by wrapping around the epoch's order, like DistributedSampler), so all ranks take the
-    same number of steps and together see exactly the single-process batch.
-    """
-
-    def __init__(
-        self,
-        n: int,
-        batch_size: int,
-        make_batch: Callable[[torch.Tensor], Any],
-        *,
-        seed: int = 0,
-        shuffle: bool = True,
-        drop_last: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        if n <= 0 or batch_size <= 0:
-            raise ValueError(f"IndexBatches needs n > 0 and batch_size > 0 (got {n}, {batch_size})")
-        if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} (global) is not divisible by world size {world_size}")
-        self.n, self.batch_size, self.make_batch = n, batch_size, make_batch
-        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
-        self.rank, self.world_size = rank, world_size
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return max(1, self.n // self.batch_size)
-        return math.ceil(self.n / self.batch_size)
-
-    def order(self, epoch: int) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(self.n)
-        return torch.from_numpy(epoch_rng(self.seed, epoch).permutation(self.n))
-
-    def batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
-        order = self.order(epoch)
-        B = self.batch_size
-        for b in range(start, len(self)):
-            idx = order[b * B : (b + 1) * B]
-            if self.world_size > 1:
-                per_rank = math.ceil(len(idx) / self.world_size)
-                short = per_rank * self.world_size - len(idx)
-                if short:
-                    idx = torch.cat([idx, order[:short]])
-                idx = idx[self.rank * per_rank : (self.rank + 1) * per_rank]
-            yield self.make_batch(idx)
-
-    def shard(self, rank: int, world_size: int) -> IndexBatches:
-        return IndexBatches(
-            self.n,
-            self.batch_size,
-            self.make_batch,
-            seed=self.seed,
-            shuffle=self.shuffle,
-            drop_last=self.drop_last,
-            rank=rank,
-            world_size=world_size,
-        )
-
-
-class TokenWindowBatches:
-    """Random (x, y) windows of a token stream for language models (nanoGPT's get_batch).
-
-    Each epoch draws ``len(self)`` batches of `batch_size` random offsets from (seed, epoch);
-    ``x = data[o : o + T]`` and ``y = data[o + 1 : o + T + 1]``, both (B, T) int64. One
-    epoch defaults to about one pass over the tokens. ``shard`` gives each rank its rows.
-    """
-
-    def __init__(
-        self,
-        data: torch.Tensor,
-        block_size: int,
-        batch_size: int,
-        *,
-        seed: int = 0,
-        batches_per_epoch: int | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        if data.dim() != 1 or len(data) <= block_size + 1:
-            raise ValueError(f"need a 1-D token stream longer than block_size + 1 ({block_size + 1})")
-        if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} (global) is not divisible by world size {world_size}")
-        self.data = data.long()
-        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
-        self.batches_per_epoch = batches_per_epoch or max(1, (len(data) - 1) // (block_size * batch_size))
-        self.rank, self.world_size = rank, world_size
-        self._arange = torch.arange(block_size)
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch
-
-    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        high = len(self.data) - self.block_size - 1
-        offsets = torch.from_numpy(
-            epoch_rng(self.seed, epoch).integers(0, high + 1, size=(len(self), self.batch_size))
-        )
-        per_rank = self.batch_size // self.world_size
-        for b in range(start, len(self)):
-            rows = offsets[b, self.rank * per_rank : (self.rank + 1) * per_rank]
-            idx = rows[:, None] + self._arange  # (B, T)
-            yield self.data[idx], self.data[idx + 1]
-
-    def shard(self, rank: int, world_size: int) -> TokenWindowBatches:
-        return TokenWindowBatches(
-            self.data,
-            self.block_size,
-            self.batch_size,
-            seed=self.seed,
-            batches_per_epoch=self.batches_per_epoch,
-            rank=rank,
-            world_size=world_size,
-        )
-
-
-class _IterableSource:
-    """Adapts a plain re-iterable (list, DataLoader) to the BatchSource interface."""
-
-    def __init__(self, iterable: Iterable[Any]):
-        self.iterable = iterable
-
-    def __len__(self) -> int:
-        return len(self.iterable)  # type: ignore[arg-type]
-
-    def batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
-        sampler = getattr(self.iterable, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        return itertools.islice(iter(self.iterable), start, None)
-
-
-def _as_source(batches: Any) -> Any:
-    return batches if isinstance(batches, BatchSource) else _IterableSource(batches)
-
-
-def _source_len(source: Any) -> int | None:
-    try:
-        return len(source)
-    except TypeError:
-        return None
-
-
-class _Stream:
-    """Micro-batches across epochs, remembering where the next one comes from (for checkpoints)."""
-
-    def __init__(self, source: Any, epoch: int, batch: int):
-        self.source, self.epoch, self.batch = source, epoch, batch
-        self._it = source.batches(epoch, batch)
-
-    def next(self) -> Any:
-        for _ in range(2):
-            for item in self._it:
-                self.batch += 1
-                return item
-            if self.batch == 0:
-                break
-            self.epoch, self.batch = self.epoch + 1, 0
-            self._it = self.source.batches(self.epoch, 0)
-        raise RuntimeError(f"the batch source yielded no batches in epoch {self.epoch}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -405,289 +139,258 @@ def fit(
     extra: dict[str, Any] | None = None,
     device: torch.device | str | None = None,
 ) -> FitResult:
-    """Train `model` in place; see the module docstring. Returns a FitResult."""
-    threads = torch.get_num_threads()
-    try:
-        return _fit(
-            model,
-            batches,
-            loss_fn,
-            spec,
-            evaluate=evaluate,
-            monitor=monitor,
-            mode=mode,
-            on_metrics=on_metrics,
-            checkpoint_dir=checkpoint_dir,
-            resume=resume,
-            param_groups=param_groups,
-            log_every=log_every,
-            progress=progress,
-            stop_after=stop_after,
-            extra=extra,
-            device=device,
-        )
-    finally:
-        torch.set_num_threads(threads)  # spec.num_threads applies to this fit only
+    """Train `model` in place and return a FitResult.
 
+    ``loss_fn`` gets the training module (wrapped by DDP or torch.compile when those are on: call
+    it, do not reach into its attributes) and a batch already on the device. ``evaluate`` gets the
+    plain module in eval mode under ``torch.no_grad()`` and runs on rank 0 (its metrics are
+    broadcast); ``mode`` ("min"/"max") defaults to "min" for losses. ``on_metrics(metrics, step)``
+    gets the train metrics every ``log_every`` steps and each evaluation. ``checkpoint_dir`` gets
+    a checkpoint every ``spec.checkpoint_every`` steps and at the end; ``resume`` continues from it.
+    ``param_groups(model)`` overrides the AdamW groups (a group may carry ``lr_scale``);
+    ``stop_after`` stops after that many steps as if killed (the schedule still spans the run);
+    ``extra`` is saved in the checkpoint; ``device`` overrides ``spec.device``.
+    """
+    with torch_threads(spec.num_threads):  # spec.num_threads applies to this fit only
+        wall_start = time.perf_counter()
+        dist_ctx = distributed.context()
+        device = torch.device(device) if device is not None else resolve_device(spec.device, dist_ctx.local_rank)
+        configure_backend(device)
+        seed_everything(spec.seed + dist_ctx.rank)
+        mode = mode or _infer_mode(monitor)
+        checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
 
-def _fit(
-    model: nn.Module,
-    batches: Any,
-    loss_fn: LossFn,
-    spec: TrainingSpec,
-    *,
-    evaluate: EvaluateFn | None,
-    monitor: str,
-    mode: Literal["min", "max"] | None,
-    on_metrics: MetricsCallback,
-    checkpoint_dir: str | Path | None,
-    resume: bool,
-    param_groups: Callable[[nn.Module], list[dict[str, Any]]] | None,
-    log_every: int | None,
-    progress: bool | None,
-    stop_after: int | None,
-    extra: dict[str, Any] | None,
-    device: torch.device | str | None,
-) -> FitResult:
-    wall_start = time.perf_counter()
-    dist_ctx = distributed.context()
-    device = torch.device(device) if device is not None else resolve_device(spec.device, dist_ctx.local_rank)
-    configure_backend(device, spec.num_threads)
-    seed_everything(spec.seed + dist_ctx.rank)
-    mode = mode or _infer_mode(monitor)
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-
-    # -- data ----------------------------------------------------------------------------
-    source = _as_source(batches)
-    if dist_ctx.enabled:
-        if hasattr(source, "shard"):
-            source = source.shard(dist_ctx.rank, dist_ctx.world_size)
-        else:
-            log.warning("distributed run with a batch source that cannot shard: assuming it is per-rank")
-    per_epoch = _source_len(source)
-    accum = max(1, spec.grad_accum)
-    if spec.max_steps is not None:
-        total_steps, total_micro = spec.max_steps, None
-    elif per_epoch is not None:
-        total_micro = spec.epochs * per_epoch
-        total_steps = math.ceil(total_micro / accum)
-    else:
-        raise ValueError("the batch source has no length: set TrainingSpec.max_steps")
-    steps_per_epoch = math.ceil(per_epoch / accum) if per_epoch else None
-    eval_every = spec.eval_every or steps_per_epoch
-    if log_every is None:
-        log_every = max(1, min(50, total_steps // 20))
-
-    # -- model, optimizer, state --------------------------------------------------------
-    raw_model = model.to(device)
-    groups = (param_groups or (lambda m: default_param_groups(m, spec.weight_decay)))(raw_model)
-    optimizer = build_optimizer(groups, spec, device)
-    trainable = [p for g in optimizer.param_groups for p in g["params"]]
-
-    step, epoch, batch_pos, micro_done, samples_before = 0, 0, 0, 0, 0
-    history: list[dict[str, float]] = []
-    best: dict[str, Any] = {"metric": None, "step": None, "bad_evals": 0, "state": None}
-    stopped_early = False
-    if resume and ckpt.has_checkpoint(checkpoint_dir):
-        state = ckpt.load_checkpoint(checkpoint_dir, map_location="cpu")
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
-        epoch, batch_pos, micro_done = (state["data"][k] for k in ("epoch", "batch", "micro_batches"))
-        samples_before = state["samples"]
-        history = list(state["history"])
-        best = dict(state["best"])
-        stopped_early = bool(state.get("stopped_early", False))
-        if not ckpt.load_rng_state(checkpoint_dir, dist_ctx.rank):
-            log.warning("no RNG state for rank %d in %s: dropout will differ", dist_ctx.rank, checkpoint_dir)
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint_dir, step, epoch, batch_pos)
-
-    train_model: nn.Module = raw_model
-    if spec.compile:
-        train_model = torch.compile(train_model)
-    if dist_ctx.enabled:
-        train_model = distributed.wrap_model(train_model, device)
-    autocast = autocast_context(device)
-
-    is_main = dist_ctx.is_main
-    emit = on_metrics if is_main else no_metrics
-
-    def record(metrics: dict[str, float], at_step: int) -> None:
-        history.append({"step": at_step, **metrics})
-        emit(metrics, at_step)
-
-    def run_evaluation(at_step: int) -> dict[str, float]:
-        nonlocal stopped_early
-        metrics: dict[str, float] | None = None
-        if is_main:
-            raw_model.eval()
-            with torch.no_grad(), inference_context(device):
-                metrics = {k: float(v) for k, v in evaluate(raw_model).items()}
-            raw_model.train()
-            if monitor not in metrics:
-                raise KeyError(
-                    f"evaluate() returned {sorted(metrics)}, which lacks the monitored {monitor!r}"
-                )
-        metrics = distributed.broadcast_object(metrics)
-        value = metrics[monitor]
-        improved = best["metric"] is None or (
-            value < best["metric"] if mode == "min" else value > best["metric"]
-        )
-        if improved:
-            best.update(metric=value, step=at_step, bad_evals=0, state=_snapshot(raw_model))
-        else:
-            best["bad_evals"] += 1
-            patience = spec.early_stopping_patience
-            stopped_early = patience is not None and best["bad_evals"] >= patience
-        record(metrics, at_step)
-        return metrics
-
-    def save(finished: bool) -> None:
-        if checkpoint_dir is None:
-            return
-        if is_main:
-            ckpt.save_checkpoint(
-                checkpoint_dir,
-                {
-                    "model": raw_model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": step,
-                    "data": {"epoch": stream.epoch, "batch": stream.batch, "micro_batches": micro_done},
-                    "samples": samples_before + samples * dist_ctx.world_size,
-                    "best": best,
-                    "history": history,
-                    "finished": finished,
-                    "stopped_early": stopped_early,
-                    "config": spec.model_dump(),
-                    "extra": extra or {},
-                },
-            )
-        distributed.barrier()  # the folder exists before the other ranks write into it
-        ckpt.save_rng_state(checkpoint_dir, dist_ctx.rank)
-        distributed.barrier()
-
-    # -- loop ------------------------------------------------------------------------------
-    stream = _Stream(source, epoch, batch_pos)
-    bar = _progress_bar(
-        is_main and (sys.stderr.isatty() if progress is None else progress), total_steps, step
-    )
-    raw_model.train()
-    train_model.train()
-    samples = 0  # this call, this process
-    train_time = 0.0
-    loss_sum = torch.zeros((), device=device)
-    grad_norm: torch.Tensor | None = None
-    interval = {"micro": 0, "samples": 0, "time": 0.0}
-    interrupted = False
-    t_mark = time.perf_counter()
-
-    while step < total_steps and not stopped_early:
-        if stop_after is not None and step >= stop_after:
-            interrupted = True
-            break
-        lr = lr_at(step, spec, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        n_micro = accum if total_micro is None else min(accum, total_micro - micro_done)
-        for micro in range(n_micro):
-            batch = move_to_device(stream.next(), device)
-            if dist_ctx.enabled:
-                train_model.require_backward_grad_sync = micro == n_micro - 1
-            with autocast:
-                loss = loss_fn(train_model, batch)
-            (loss / n_micro if n_micro > 1 else loss).backward()
-            loss_sum += loss.detach()
-            samples += batch_rows(batch)
-        micro_done += n_micro
-        interval["micro"] += n_micro
-        if spec.grad_clip:
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, spec.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        if bar is not None:
-            bar.update(1)
-
-        due_eval = evaluate is not None and ((eval_every and step % eval_every == 0) or step == total_steps)
-        due_ckpt = bool(spec.checkpoint_every) and step % spec.checkpoint_every == 0
-        if step % log_every == 0 or step == total_steps or due_eval or due_ckpt:
-            if dist_ctx.enabled:
-                distributed.all_reduce_mean(loss_sum)  # the loss over the global batch, not rank 0's share
-            mean_loss = (loss_sum / interval["micro"]).item()  # the one device sync per interval
-            now = time.perf_counter()
-            train_time += now - t_mark
-            t_mark = now
-            interval_time = train_time - interval["time"]
-            interval_samples = (samples - interval["samples"]) * dist_ctx.world_size
-            if not math.isfinite(mean_loss):
-                raise FloatingPointError(f"training loss is {mean_loss} at step {step}")
-            metrics = {
-                "train_loss": mean_loss,
-                "lr": lr,
-                "samples_per_s": interval_samples / max(interval_time, 1e-9),
-            }
-            if grad_norm is not None:
-                metrics["grad_norm"] = float(grad_norm)
-            record(metrics, step)
-            if bar is not None:
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+        # -- data ----------------------------------------------------------------------------
+        source = as_source(batches)
+        if dist_ctx.enabled:
+            if hasattr(source, "shard"):
+                source = source.shard(dist_ctx.rank, dist_ctx.world_size)
             else:
-                log.info(
-                    "step %d/%d loss %.4f lr %.2e %.1f samples/s",
-                    step,
-                    total_steps,
-                    mean_loss,
-                    lr,
-                    metrics["samples_per_s"],
+                log.warning("distributed run with a batch source that cannot shard: assuming it is per-rank")
+        per_epoch = source_len(source)
+        accum = max(1, spec.grad_accum)
+        if spec.max_steps is not None:
+            total_steps, total_micro = spec.max_steps, None
+        elif per_epoch is not None:
+            total_micro = spec.epochs * per_epoch
+            total_steps = math.ceil(total_micro / accum)
+        else:
+            raise ValueError("the batch source has no length: set TrainingSpec.max_steps")
+        steps_per_epoch = math.ceil(per_epoch / accum) if per_epoch else None
+        eval_every = spec.eval_every or steps_per_epoch
+        if log_every is None:
+            log_every = max(1, min(50, total_steps // 20))
+
+        # -- model, optimizer, state --------------------------------------------------------
+        raw_model = model.to(device)
+        groups = (param_groups or (lambda m: default_param_groups(m, spec.weight_decay)))(raw_model)
+        optimizer = build_optimizer(groups, spec, device)
+        trainable = [p for g in optimizer.param_groups for p in g["params"]]
+
+        step, epoch, batch_pos, micro_done, samples_before = 0, 0, 0, 0, 0
+        history: list[dict[str, float]] = []
+        best: dict[str, Any] = {"metric": None, "step": None, "bad_evals": 0, "state": None}
+        stopped_early = False
+        if resume and ckpt.has_checkpoint(checkpoint_dir):
+            state = ckpt.load_checkpoint(checkpoint_dir, map_location="cpu")
+            raw_model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            step = state["step"]
+            epoch, batch_pos, micro_done = (state["data"][k] for k in ("epoch", "batch", "micro_batches"))
+            samples_before = state["samples"]
+            history = list(state["history"])
+            best = dict(state["best"])
+            stopped_early = bool(state.get("stopped_early", False))
+            if not ckpt.load_rng_state(checkpoint_dir, dist_ctx.rank):
+                log.warning("no RNG state for rank %d in %s: dropout will differ", dist_ctx.rank, checkpoint_dir)
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint_dir, step, epoch, batch_pos)
+
+        train_model: nn.Module = raw_model
+        if spec.compile:
+            train_model = torch.compile(train_model)
+        if dist_ctx.enabled:
+            train_model = distributed.wrap_model(train_model, device)
+        autocast = autocast_context(device)
+
+        is_main = dist_ctx.is_main
+        emit = on_metrics if is_main else no_metrics
+
+        def record(metrics: dict[str, float], at_step: int) -> None:
+            history.append({"step": at_step, **metrics})
+            emit(metrics, at_step)
+
+        def run_evaluation(at_step: int) -> dict[str, float]:
+            nonlocal stopped_early
+            metrics: dict[str, float] | None = None
+            if is_main:
+                raw_model.eval()
+                with torch.no_grad(), inference_context(device):
+                    metrics = {k: float(v) for k, v in evaluate(raw_model).items()}
+                raw_model.train()
+                if monitor not in metrics:
+                    raise KeyError(
+                        f"evaluate() returned {sorted(metrics)}, which lacks the monitored {monitor!r}"
+                    )
+            metrics = distributed.broadcast_object(metrics)
+            value = metrics[monitor]
+            improved = best["metric"] is None or (
+                value < best["metric"] if mode == "min" else value > best["metric"]
+            )
+            if improved:
+                best.update(metric=value, step=at_step, bad_evals=0, state=_snapshot(raw_model))
+            else:
+                best["bad_evals"] += 1
+                patience = spec.early_stopping_patience
+                stopped_early = patience is not None and best["bad_evals"] >= patience
+            record(metrics, at_step)
+            return metrics
+
+        def save(finished: bool) -> None:
+            if checkpoint_dir is None:
+                return
+            if is_main:
+                ckpt.save_checkpoint(
+                    checkpoint_dir,
+                    {
+                        "model": raw_model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "step": step,
+                        "data": {"epoch": stream.epoch, "batch": stream.batch, "micro_batches": micro_done},
+                        "samples": samples_before + samples * dist_ctx.world_size,
+                        "best": best,
+                        "history": history,
+                        "finished": finished,
+                        "stopped_early": stopped_early,
+                        "config": spec.model_dump(),
+                        "extra": extra or {},
+                    },
                 )
-            loss_sum.zero_()
-            interval = {"micro": 0, "samples": samples, "time": train_time}
-        if due_eval or due_ckpt:
-            if due_eval:
-                metrics = run_evaluation(step)
+            distributed.barrier()  # the folder exists before the other ranks write into it
+            ckpt.save_rng_state(checkpoint_dir, dist_ctx.rank)
+            distributed.barrier()
+
+        # -- loop ------------------------------------------------------------------------------
+        stream = BatchStream(source, epoch, batch_pos)
+        bar = _progress_bar(
+            is_main and (sys.stderr.isatty() if progress is None else progress), total_steps, step
+        )
+        raw_model.train()
+        train_model.train()
+        samples = 0  # this call, this process
+        train_time = 0.0
+        loss_sum = torch.zeros((), device=device)
+        grad_norm: torch.Tensor | None = None
+        interval = {"micro": 0, "samples": 0, "time": 0.0}
+        interrupted = False
+        t_mark = time.perf_counter()
+
+        while step < total_steps and not stopped_early:
+            if stop_after is not None and step >= stop_after:
+                interrupted = True
+                break
+            lr = lr_at(step, spec, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            n_micro = accum if total_micro is None else min(accum, total_micro - micro_done)
+            for micro in range(n_micro):
+                batch = move_to_device(stream.next(), device)
+                if dist_ctx.enabled:
+                    train_model.require_backward_grad_sync = micro == n_micro - 1
+                with autocast:
+                    loss = loss_fn(train_model, batch)
+                (loss / n_micro if n_micro > 1 else loss).backward()
+                loss_sum += loss.detach()
+                samples += batch_rows(batch)
+            micro_done += n_micro
+            interval["micro"] += n_micro
+            if spec.grad_clip:
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, spec.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if bar is not None:
+                bar.update(1)
+
+            due_eval = evaluate is not None and ((eval_every and step % eval_every == 0) or step == total_steps)
+            due_ckpt = bool(spec.checkpoint_every) and step % spec.checkpoint_every == 0
+            if step % log_every == 0 or step == total_steps or due_eval or due_ckpt:
+                if dist_ctx.enabled:
+                    distributed.all_reduce_mean(loss_sum)  # the loss over the global batch, not rank 0's share
+                mean_loss = (loss_sum / interval["micro"]).item()  # the one device sync per interval
+                now = time.perf_counter()
+                train_time += now - t_mark
+                t_mark = now
+                interval_time = train_time - interval["time"]
+                interval_samples = (samples - interval["samples"]) * dist_ctx.world_size
+                if not math.isfinite(mean_loss):
+                    raise FloatingPointError(f"training loss is {mean_loss} at step {step}")
+                metrics = {
+                    "train_loss": mean_loss,
+                    "lr": lr,
+                    "samples_per_s": interval_samples / max(interval_time, 1e-9),
+                }
+                if grad_norm is not None:
+                    metrics["grad_norm"] = float(grad_norm)
+                record(metrics, step)
                 if bar is not None:
-                    bar.set_postfix({k: f"{v:.4f}" for k, v in list(metrics.items())[:3]}, refresh=False)
-            if due_ckpt:
-                save(finished=False)
-            t_mark = time.perf_counter()  # evaluation and checkpoint time is not training time
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+                else:
+                    log.info(
+                        "step %d/%d loss %.4f lr %.2e %.1f samples/s",
+                        step,
+                        total_steps,
+                        mean_loss,
+                        lr,
+                        metrics["samples_per_s"],
+                    )
+                loss_sum.zero_()
+                interval = {"micro": 0, "samples": samples, "time": train_time}
+            if due_eval or due_ckpt:
+                if due_eval:
+                    metrics = run_evaluation(step)
+                    if bar is not None:
+                        bar.set_postfix({k: f"{v:.4f}" for k, v in list(metrics.items())[:3]}, refresh=False)
+                if due_ckpt:
+                    save(finished=False)
+                t_mark = time.perf_counter()  # evaluation and checkpoint time is not training time
 
-    train_time += time.perf_counter() - t_mark
-    if bar is not None:
-        bar.close()
+        train_time += time.perf_counter() - t_mark
+        if bar is not None:
+            bar.close()
 
-    # -- end: last evaluation, final checkpoint, best weights back --------------------------
-    evaluated = any(h["step"] == step and monitor in h for h in history)
-    if evaluate is not None and not interrupted and step > 0 and not evaluated:
-        run_evaluation(step)
-    save(finished=not interrupted)
-    if best["state"] is not None and not interrupted:
-        raw_model.load_state_dict(best["state"])
-        final = {f"best_{monitor}": float(best["metric"])}
-        if not history or history[-1] != {"step": step, **final}:  # not again when resuming a finished run
-            record(final, step)
-    best_metrics = next(
-        (
-            {k: v for k, v in h.items() if k != "step"}
-            for h in history
-            if best["step"] is not None and h["step"] == best["step"] and monitor in h
-        ),
-        {},
-    )
-    total_samples = samples * dist_ctx.world_size
-    return FitResult(
-        steps=step,
-        epochs=(micro_done / per_epoch) if per_epoch else 0.0,
-        history=history,
-        monitor=monitor if evaluate is not None else None,
-        best_metric=best["metric"],
-        best_step=best["step"],
-        best_metrics=best_metrics,
-        stopped_early=stopped_early,
-        interrupted=interrupted,
-        wall_time_s=time.perf_counter() - wall_start,
-        train_time_s=train_time,
-        samples=total_samples,
-        samples_per_s=total_samples / train_time if train_time > 0 else 0.0,
-        device=str(device),
-        world_size=dist_ctx.world_size,
-    )
+        # -- end: last evaluation, final checkpoint, best weights back --------------------------
+        evaluated = any(h["step"] == step and monitor in h for h in history)
+        if evaluate is not None and not interrupted and step > 0 and not evaluated:
+            run_evaluation(step)
+        save(finished=not interrupted)
+        if best["state"] is not None and not interrupted:
+            raw_model.load_state_dict(best["state"])
+            final = {f"best_{monitor}": float(best["metric"])}
+            if not history or history[-1] != {"step": step, **final}:  # not again when resuming a finished run
+                record(final, step)
+        best_metrics = next(
+            (
+                {k: v for k, v in h.items() if k != "step"}
+                for h in history
+                if best["step"] is not None and h["step"] == best["step"] and monitor in h
+            ),
+            {},
+        )
+        total_samples = samples * dist_ctx.world_size
+        return FitResult(
+            steps=step,
+            epochs=(micro_done / per_epoch) if per_epoch else 0.0,
+            history=history,
+            monitor=monitor if evaluate is not None else None,
+            best_metric=best["metric"],
+            best_step=best["step"],
+            best_metrics=best_metrics,
+            stopped_early=stopped_early,
+            interrupted=interrupted,
+            wall_time_s=time.perf_counter() - wall_start,
+            train_time_s=train_time,
+            samples=total_samples,
+            samples_per_s=total_samples / train_time if train_time > 0 else 0.0,
+            device=str(device),
+            world_size=dist_ctx.world_size,
+        )

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from components.config import TrainingSpec
 from components.training import checkpoint as ckpt
+from components.training.batches import IndexBatches
 from components.training.device import seed_everything
-from components.training.engine import IndexBatches, fit
+from components.training.engine import fit
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,8 @@ COMMON = textwrap.dedent(
     import torch, torch.nn as nn, torch.nn.functional as F
     from components.config import TrainingSpec
     from components.training.device import seed_everything
-    from components.training.engine import IndexBatches, fit
+    from components.training.batches import IndexBatches
+    from components.training.engine import fit
 
     g = torch.Generator().manual_seed(0)
     X = torch.randn(64, 6, generator=g)

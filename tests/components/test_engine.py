@@ -10,8 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from components.config import TrainingSpec
+from components.training.batches import IndexBatches, TokenWindowBatches
 from components.training.device import autocast_context, resolve_device, seed_everything
-from components.training.engine import IndexBatches, TokenWindowBatches, fit, lr_at
+from components.training.engine import fit, lr_at
 
 
 @pytest.fixture(autouse=True)

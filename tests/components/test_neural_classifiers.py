@@ -10,8 +10,9 @@ import torch
 
 from components.config import ModelSpec, TrainingSpec
 from components.data.dataset import ClassificationData
+from components.evaluation.classification import macro_f1
 from components.models.lstm import LSTMClassifier, LSTMConfig
-from components.models.neural_classifier import NeuralClassifierPredictor, macro_f1, train
+from components.models.neural_classifier import NeuralClassifierPredictor, train
 from components.models.transformer_encoder import TransformerClassifier, TransformerConfig
 from components.predictor import load_predictor
 
@@ -163,6 +164,29 @@ def test_macro_f1_matches_its_definition():
     y_pred = np.array([0, 1, 1, 1, 0])
     # class 0: tp 1 fp 1 fn 1 -> 0.5; class 1: tp 2 fp 1 fn 0 -> 0.8; class 2: 0
     assert macro_f1(y_true, y_pred, 3) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_macro_f1_is_exactly_the_per_class_definition_even_for_absent_classes():
+    """The evaluator's early stopping compares these numbers: they must not move by one ulp."""
+
+    def by_definition(y_true, y_pred, num_classes):
+        f1 = []
+        for c in range(num_classes):
+            tp = np.sum((y_pred == c) & (y_true == c))
+            fp = np.sum((y_pred == c) & (y_true != c))
+            fn = np.sum((y_pred != c) & (y_true == c))
+            f1.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+        return float(np.mean(f1))
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n, num_classes = int(rng.integers(1, 40)), int(rng.integers(2, 7))
+        # Draw from fewer classes than exist, so some are absent from truth, predictions or both.
+        y_true = rng.integers(0, max(1, num_classes - 1), n)
+        y_pred = rng.integers(0, num_classes, n)
+        assert macro_f1(y_true, y_pred, num_classes) == by_definition(y_true, y_pred, num_classes)
+    # a class absent from the batch and never predicted scores 0 and still counts in the mean
+    assert macro_f1(np.array([0, 1]), np.array([0, 1]), 4) == 0.5
 
 
 def test_attention_dropout_is_set_apart_from_dropout():

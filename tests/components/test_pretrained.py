@@ -11,7 +11,7 @@ import torch
 
 from components.config import ModelSpec, TrainingSpec
 from components.data.dataset import ClassificationData
-from components.models import pretrained
+from components.models import encoder_classifier, pretrained
 from components.predictor import load_predictor
 
 pytestmark = pytest.mark.skipif(
@@ -107,7 +107,7 @@ def test_fine_tuning_the_last_layer_lowers_the_loss(data, tmp_path):
     )
     losses = [m["train_loss"] for m in metrics if "train_loss" in m]
     assert losses[-1] < losses[0]
-    layer = pretrained.encoder_layers(predictor.model.encoder)
+    layer = encoder_classifier.encoder_layers(predictor.model.encoder)
     assert all(p.requires_grad for p in layer[-1].parameters())
     assert not any(p.requires_grad for p in layer[0].parameters())
 
@@ -127,5 +127,5 @@ def test_an_encoder_saved_in_half_precision_loads_in_float32(tmp_path):
         vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
     )
     BertModel(config).to(torch.bfloat16).save_pretrained(tmp_path)
-    encoder = pretrained.load_encoder(tmp_path)
+    encoder = encoder_classifier.load_encoder(tmp_path)
     assert {p.dtype for p in encoder.parameters()} == {torch.float32}

@@ -1,0 +1,85 @@
+"""What the text-classifier trainers share around the fit loop: the evaluator, its monitors, the summary."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from components.config import TrainingSpec
+from components.evaluation.classification import macro_f1
+from components.training.device import model_device, move_to_device
+from components.training.engine import FitResult
+from components.training.length_batches import length_sorted_batches
+
+# The metrics `classification_evaluator` returns: what `params.monitor` may name.
+MONITORS = ("val_macro_f1", "val_accuracy", "val_loss")
+
+
+def cross_entropy_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The fit loop's `loss_fn` for a batch of (*inputs, targets)."""
+    *inputs, targets = batch
+    return F.cross_entropy(model(*inputs), targets)
+
+
+def classification_evaluator(
+    make_batch: Callable[[torch.Tensor], Any],
+    lengths: torch.Tensor,
+    targets: torch.Tensor,
+    num_classes: int,
+    batch_size: int,
+    spec: TrainingSpec,
+) -> Callable[[nn.Module], dict[str, float]] | None:
+    """An `evaluate(model)` for the fit loop: val_loss, val_accuracy and val_macro_f1 of
+    ``model(*make_batch(indices))`` over length-sorted batches; None without validation rows.
+
+    With ``spec.eval_batches`` a fixed subset of that many batches, seeded by ``spec.seed``, is
+    scored each time.
+    """
+    if not len(targets):
+        return None
+    max_examples = spec.eval_batches * batch_size if spec.eval_batches else None
+    rows = torch.arange(len(targets))
+    if max_examples is not None and max_examples < len(rows):
+        rows = torch.from_numpy(np.random.default_rng(spec.seed).permutation(len(rows))[:max_examples])
+    batches = [rows[b] for b in length_sorted_batches(lengths[rows], batch_size)]
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        device = model_device(model)
+        loss_sum, preds, truth = 0.0, [], []
+        for idx in batches:
+            logits = model(*move_to_device(make_batch(idx), device)).float()  # (b, C)
+            y = targets[idx].to(device)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            preds.append(logits.argmax(dim=1).cpu())
+            truth.append(targets[idx])
+        y_pred, y_true = torch.cat(preds).numpy(), torch.cat(truth).numpy()
+        return {
+            "val_loss": loss_sum / len(y_true),
+            "val_accuracy": float(np.mean(y_pred == y_true)),
+            "val_macro_f1": macro_f1(y_true, y_pred, num_classes),
+        }
+
+    return evaluate
+
+
+def training_summary(result: FitResult, model: nn.Module) -> dict[str, Any]:
+    """Bundle metadata from a FitResult: how the weights came about."""
+    summary = {
+        "steps": result.steps,
+        "epochs": round(result.epochs, 4),
+        "best_step": result.best_step,
+        "stopped_early": result.stopped_early,
+        "train_time_s": round(result.train_time_s, 3),
+        "samples_per_s": round(result.samples_per_s, 2),
+        "device": result.device,
+        "world_size": result.world_size,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    summary.update({k: float(v) for k, v in result.best_metrics.items()})
+    return summary
