@@ -12,6 +12,7 @@ rank its part of every global batch.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -19,6 +20,19 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
+
+def _check_global_batch(batch_size: int, world_size: int) -> None:
+    if batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} (global) is not divisible by world size {world_size}")
+
+
+def _sharded(source: Any, rank: int, world_size: int) -> Any:
+    """A copy of `source` that yields rank `rank`'s part of every global batch."""
+    _check_global_batch(source.batch_size, world_size)
+    shard = copy.copy(source)  # the data and make_batch are shared, read-only
+    shard.rank, shard.world_size = rank, world_size
+    return shard
 
 
 @runtime_checkable
@@ -57,8 +71,7 @@ class IndexBatches:
     ):
         if n <= 0 or batch_size <= 0:
             raise ValueError(f"IndexBatches needs n > 0 and batch_size > 0 (got {n}, {batch_size})")
-        if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} (global) is not divisible by world size {world_size}")
+        _check_global_batch(batch_size, world_size)
         self.n, self.batch_size, self.make_batch = n, batch_size, make_batch
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
         self.rank, self.world_size = rank, world_size
@@ -87,16 +100,7 @@ class IndexBatches:
             yield self.make_batch(idx)
 
     def shard(self, rank: int, world_size: int) -> IndexBatches:
-        return IndexBatches(
-            self.n,
-            self.batch_size,
-            self.make_batch,
-            seed=self.seed,
-            shuffle=self.shuffle,
-            drop_last=self.drop_last,
-            rank=rank,
-            world_size=world_size,
-        )
+        return _sharded(self, rank, world_size)
 
 
 class TokenWindowBatches:
@@ -120,8 +124,7 @@ class TokenWindowBatches:
     ):
         if data.dim() != 1 or len(data) <= block_size + 1:
             raise ValueError(f"need a 1-D token stream longer than block_size + 1 ({block_size + 1})")
-        if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} (global) is not divisible by world size {world_size}")
+        _check_global_batch(batch_size, world_size)
         self.data = data.long()
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         self.batches_per_epoch = batches_per_epoch or max(1, (len(data) - 1) // (block_size * batch_size))
@@ -143,15 +146,7 @@ class TokenWindowBatches:
             yield self.data[idx], self.data[idx + 1]
 
     def shard(self, rank: int, world_size: int) -> TokenWindowBatches:
-        return TokenWindowBatches(
-            self.data,
-            self.block_size,
-            self.batch_size,
-            seed=self.seed,
-            batches_per_epoch=self.batches_per_epoch,
-            rank=rank,
-            world_size=world_size,
-        )
+        return _sharded(self, rank, world_size)
 
 
 class IterableSource:
