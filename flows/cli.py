@@ -124,9 +124,11 @@ def _route_logs(settings) -> None:
     handler = logging.FileHandler(_Run.log_path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    if not _debug():
-        for console in root.handlers:
-            if isinstance(console, logging.StreamHandler) and not isinstance(console, logging.FileHandler):
+    for console in root.handlers:
+        if isinstance(console, logging.StreamHandler) and not isinstance(console, logging.FileHandler):
+            # Training steps a terminal already shows as a live progress bar go to the log file only.
+            console.addFilter(lambda record: not getattr(record, "shown_as_bar", False))
+            if not _debug():
                 console.setFormatter(_WithoutTraceback(console.formatter))
     root.addHandler(handler)
     # Library warnings (MLflow's signature notes, deprecations) are for the log, not for the user.

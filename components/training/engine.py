@@ -333,16 +333,18 @@ def fit(
                     metrics["grad_norm"] = float(grad_norm)
                 record(metrics, step)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-                else:
-                    log.info(
-                        "step %d/%d loss %.4f lr %.2e %.1f samples/s",
-                        step,
-                        total_steps,
-                        mean_loss,
-                        lr,
-                        metrics["samples_per_s"],
-                    )
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{metrics['samples_per_s']:.1f}",
+                                    refresh=False)
+                # The log keeps every line; a terminal that shows the bar may skip it (`shown_as_bar`).
+                log.info(
+                    "step %d/%d loss %.4f lr %.2e %.1f samples/s",
+                    step,
+                    total_steps,
+                    mean_loss,
+                    lr,
+                    metrics["samples_per_s"],
+                    extra={"shown_as_bar": bar is not None},
+                )
                 loss_sum.zero_()
                 interval = {"micro": 0, "samples": samples, "time": train_time}
             if due_eval or due_ckpt:
