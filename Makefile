@@ -41,7 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/serve_load.py --suite
 
 lint: $(STAMP)
-	$(BIN)/ruff check components flows tests benchmarks service.py
+	$(BIN)/ruff check components flows tests benchmarks service.py compat.py
 
 ## lock: re-resolve requirements.lock (torch pinned to the CPU wheel here; GPU hosts resolve CUDA wheels)
 lock: SHELL := /bin/bash
