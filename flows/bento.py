@@ -118,19 +118,6 @@ def latest_bento(name: str = BENTO_NAME) -> bentoml.Bento | None:
         return None
 
 
-def delete_model(tag: str, *, force: bool = False) -> None:
-    """Delete a model version; refuses while a Bento in the store still serves it (unless `force`)."""
-    model_tag = str(bentoml.models.get(tag).tag)
-    users = [
-        str(b.tag) for b in bentoml.bentos.list() if model_tag in {str(m.tag) for m in b.info.all_models}
-    ]
-    if users and not force:
-        raise ValueError(
-            f"model {model_tag} is packed in Bento(s) {users}: delete those first or pass force=True"
-        )
-    bentoml.models.delete(model_tag)
-
-
 def bentoml_home() -> Path:
     """The BentoML home this process uses: ``BENTOML_HOME`` or ``~/bentoml``, BentoML's own rule.
 
@@ -192,18 +179,6 @@ def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("BENTOML_DO_NOT_TRACK", "True")
     return env
-
-
-def containerize_command(tag: str, image: str | None = None) -> list[str]:
-    """The `bentoml containerize` command for a Bento, its labels copied onto the image.
-
-    Docker is not run here: the pipeline prints this for the machine that has it.
-    """
-    bento = bentoml.bentos.get(tag)
-    command = ["bentoml", "containerize", str(bento.tag), "-t", image or str(bento.tag)]
-    for key, value in sorted(bento.info.labels.items()):
-        command += ["--opt", f"label=ai.maas.{key}={value}"]
-    return command
 
 
 def describe_bento(tag: str) -> dict[str, Any]:

@@ -187,20 +187,6 @@ def register_model(settings: Settings, model_uri: str, registered_model: str, ta
     return str(created.version)
 
 
-def log_and_register_model(
-    settings: Settings,
-    run_id: str,
-    bundle_dir: Path,
-    registered_model: str,
-    input_example: list[str] | tuple[list[str], dict],
-    needs_torch: bool,
-    version_tags: Mapping[str, str],
-) -> str:
-    """Log the bundle as a pyfunc model in `run_id`, register it, tag the version; returns the version."""
-    model_uri = log_model(settings, run_id, bundle_dir, input_example, needs_torch)
-    return register_model(settings, model_uri, registered_model, version_tags)
-
-
 def end_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
     client(settings).set_terminated(run_id, status)
 

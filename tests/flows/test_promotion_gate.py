@@ -68,9 +68,8 @@ def test_concurrent_promotions_leave_one_consistent_champion(registry):
     for result in [results["good"], results["weak"]]:
         bundle = tracking.download_bundle(settings, task_spec.registered_model, result["version"],
                                           settings.home / "dl" / result["candidate"])
-        new_version = tracking.log_and_register_model(
-            settings, result["run_id"], bundle, spec.registered_model, ["goal match"], needs_torch=False,
-            version_tags={"data_version": version})
+        model_uri = tracking.log_model(settings, result["run_id"], bundle, ["goal match"], needs_torch=False)
+        new_version = tracking.register_model(settings, model_uri, spec.registered_model, {"data_version": version})
         result_copy = dict(result, version=new_version)
         results[result["candidate"] + "-race"] = result_copy
     barrier = threading.Barrier(2)

@@ -180,18 +180,3 @@ def test_import_bundle_stores_the_bundle_and_complete_limits(bentoml_home, class
     assert info.metadata["bundle"]["kind"] == "tfidf_logreg"
     assert (bentoml.models.get(classifier_tag).path_of("bundle.json")).endswith("bundle.json")
     assert load_predictor(bentoml.models.get(classifier_tag).path).labels == ["food", "sport", "tech"]
-
-
-def test_a_model_packed_in_a_bento_is_not_deleted(built_bento, classifier_tag, classifier_bundle):
-    with pytest.raises(ValueError, match="packed in Bento"):
-        bento.delete_model(classifier_tag)
-    spare = bento.import_bundle(classifier_bundle, name="maas-test-spare", labels={}, metadata={})
-    bento.delete_model(spare)
-    assert bento.latest_model("maas-test-spare") is None
-
-
-def test_containerize_command_carries_the_labels(built_bento):
-    command = bento.containerize_command(built_bento)
-    assert command[:5] == ["bentoml", "containerize", built_bento, "-t", built_bento]
-    assert "label=ai.maas.project=maas" in command
-    assert "label=ai.maas.classifier_version=7" in command
