@@ -35,7 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from flows.sandbox import make_project  # noqa: E402
+from tests.sandbox import make_project  # noqa: E402
 
 BAR = 0.20
 # Task run name prefix -> the step it belongs to.

@@ -55,7 +55,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -214,16 +213,12 @@ def build(bundle: Path, workdir: Path, serving: dict[str, int]) -> str:
 
 
 # -- the server ------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def served(tag: str, log_file: Path):
     """`bentoml serve tag` on 127.0.0.1; yields (base url, process); stops its process group."""
     import httpx
+
+    from flows.prefect_server import free_port
 
     port = free_port()
     # The baseline and ceiling endpoints are served only when asked for (service.py, BENCHMARK_ENV).

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.sandbox import make_project  # noqa: F401  (the flow tests import it from here)
+from tests.sandbox import make_project  # noqa: F401  (the flow tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
 _STATE = Path(tempfile.mkdtemp(prefix="maas-tests-"))

@@ -18,7 +18,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from flows.prefect_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE_READY_TIMEOUT_S = 120
@@ -269,12 +270,6 @@ def built_bento(bentoml_home, classifier_tag, generator_model, tmp_path_factory)
         "classifier_data_version": "md5:abc123.dir",
     }
     return bento.build_bento(project, labels=labels)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
