@@ -68,14 +68,14 @@ from components.training.callbacks import MetricsCallback, no_metrics
 from components.training.classifier_fit import (
     MONITORS,
     classification_evaluator,
-    cross_entropy_loss,
+    fit_classifier,
+    start_run,
     training_summary,
 )
 from components.training.device import model_device, resolve_device, seed_everything
 from components.training.distributed import shared_artifact
-from components.training.engine import fit
 from components.training.length_batches import predict_in_length_batches
-from components.training.resume import data_fingerprint, mark_run, resumable_checkpoint, run_fingerprint
+from components.training.resume import mark_run
 
 log = logging.getLogger(__name__)
 
@@ -258,16 +258,8 @@ def train(
     params = resolve_params(spec.kind, spec.params)
     t: TrainingSpec = spec.training
     workdir = Path(workdir)
-    labels = list(data.labels)
-    index = {label: i for i, label in enumerate(labels)}
-    ckpt_dir = workdir / "checkpoints" if t.checkpoint_every else None
-    fingerprint = run_fingerprint(
-        spec.kind,
-        params,
-        t.model_dump(exclude={"checkpoint_every", "num_threads", "device"}),
-        data_fingerprint(data),
-    )
-    reuse = ckpt_dir is not None and resumable_checkpoint(ckpt_dir, fingerprint)
+    run = start_run(spec.kind, params, (), t, data, workdir)
+    labels, ckpt_dir = run.labels, run.ckpt_dir
 
     log.info("fitting the %s tokenizer on %d training texts", params["tokenizer"], len(data.train_texts))
     tok_kind = params["tokenizer"]
@@ -276,10 +268,10 @@ def train(
         save=lambda tok, path: tok.save(path),
         load=lambda path: load_tokenizer(tok_kind, path),
         path=(ckpt_dir or workdir) / TOKENIZER_FILES[tok_kind],
-        reuse=reuse,
+        reuse=run.resume,
     )
     if ckpt_dir is not None:
-        mark_run(ckpt_dir, fingerprint)
+        mark_run(ckpt_dir, run.fingerprint)
 
     # PPMI-SVD vectors want the whole training texts: then they are encoded whole, once, and
     # truncated for training (the same ids: both tokenizers truncate by dropping trailing tokens).
@@ -289,8 +281,7 @@ def train(
     )
     train_ids, train_len = pad_encoded([ids[: t.max_length] for ids in train_encoded])
     val_ids, val_len = encode_padded(tokenizer, data.val_texts, t.max_length)
-    y_train = torch.tensor([index[label] for label in data.train_labels], dtype=torch.long)
-    y_val = torch.tensor([index[label] for label in data.val_labels], dtype=torch.long)
+    y_train, y_val = run.label_ids(data.train_labels), run.label_ids(data.val_labels)
 
     seed_everything(t.seed)
     cfg = model_config(spec.kind, params, tokenizer.vocab_size, len(labels), t.max_length)
@@ -310,17 +301,8 @@ def train(
     )
     eval_bs = max(64, t.batch_size)
     evaluate = classification_evaluator(_row_batcher(val_ids, val_len), val_len, y_val, len(labels), eval_bs, t)
-    result = fit(
-        model,
-        batches,
-        cross_entropy_loss,
-        t,
-        evaluate=evaluate,
-        monitor=params["monitor"],
-        on_metrics=on_metrics,
-        checkpoint_dir=ckpt_dir,
-        resume=reuse,
-        extra={"kind": spec.kind, "model": asdict(cfg)},
+    result = fit_classifier(
+        model, batches, evaluate, t, params, run, on_metrics, extra={"kind": spec.kind, "model": asdict(cfg)}
     )
 
     config = {"tokenizer": tok_kind, "max_length": t.max_length, "model": asdict(cfg), "params": params}

@@ -44,7 +44,8 @@ from components.training.callbacks import MetricsCallback, no_metrics
 from components.training.classifier_fit import (
     MONITORS,
     classification_evaluator,
-    cross_entropy_loss,
+    fit_classifier,
+    start_run,
     training_summary,
 )
 from components.training.device import (
@@ -55,9 +56,8 @@ from components.training.device import (
     resolve_device,
     seed_everything,
 )
-from components.training.engine import fit
 from components.training.length_batches import length_sorted_batches, predict_in_length_batches
-from components.training.resume import data_fingerprint, mark_run, resumable_checkpoint, run_fingerprint
+from components.training.resume import mark_run
 
 log = logging.getLogger(__name__)
 
@@ -248,20 +248,11 @@ def train(
     params = resolve_params(spec.params)
     t: TrainingSpec = spec.training
     workdir = Path(workdir)
-    labels = list(data.labels)
-    index = {label: i for i, label in enumerate(labels)}
     source = params["model"] or str(default_model_folder())
-    ckpt_dir = workdir / "checkpoints" if t.checkpoint_every else None
-    fingerprint = run_fingerprint(
-        "pretrained",
-        params,
-        source,
-        t.model_dump(exclude={"checkpoint_every", "num_threads", "device"}),
-        data_fingerprint(data),
-    )
-    resume = ckpt_dir is not None and resumable_checkpoint(ckpt_dir, fingerprint)
-    if ckpt_dir is not None:
-        mark_run(ckpt_dir, fingerprint)
+    run = start_run("pretrained", params, (source,), t, data, workdir)
+    labels = run.labels
+    if run.ckpt_dir is not None:
+        mark_run(run.ckpt_dir, run.fingerprint)
 
     log.info("loading the pretrained encoder %s", source)
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -276,8 +267,7 @@ def train(
     train_ids, train_mask = tokenize(tokenizer, data.train_texts, max_length)
     val_ids, val_mask = tokenize(tokenizer, data.val_texts, max_length)
     train_len, val_len = train_mask.sum(dim=1), val_mask.sum(dim=1)
-    y_train = torch.tensor([index[label] for label in data.train_labels], dtype=torch.long)
-    y_val = torch.tensor([index[label] for label in data.val_labels], dtype=torch.long)
+    y_train, y_val = run.label_ids(data.train_labels), run.label_ids(data.val_labels)
     eval_bs = max(32, t.batch_size)
 
     if params["train_layers"] == 0:
@@ -302,18 +292,9 @@ def train(
             _row_batcher(val_ids, val_mask, val_len), val_len, y_val, len(labels), eval_bs, t
         )
 
-    result = fit(
-        trained,
-        batches,
-        cross_entropy_loss,
-        t,
-        evaluate=evaluate,
-        monitor=params["monitor"],
-        on_metrics=on_metrics,
-        checkpoint_dir=ckpt_dir,
-        resume=resume,
+    result = fit_classifier(
+        trained, batches, evaluate, t, params, run, on_metrics, extra={"kind": "pretrained", "source": source},
         param_groups=lambda m: _param_groups(m, model.head, t.weight_decay, params["head_lr_scale"]),
-        extra={"kind": "pretrained", "source": source},
     )
     model.to(model_device(trained))
     config = {

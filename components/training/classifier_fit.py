@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,13 +13,61 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from components.config import TrainingSpec
+from components.data.dataset import ClassificationData
 from components.evaluation.classification import macro_f1
+from components.training.callbacks import MetricsCallback
 from components.training.device import model_device, move_to_device
-from components.training.engine import FitResult
+from components.training.engine import FitResult, fit
 from components.training.length_batches import length_sorted_batches
+from components.training.resume import data_fingerprint, resumable_checkpoint, run_fingerprint
 
 # The metrics `classification_evaluator` returns: what `params.monitor` may name.
 MONITORS = ("val_macro_f1", "val_accuracy", "val_loss")
+
+
+@dataclass(frozen=True)
+class ClassifierRun:
+    """A classifier training run's labels and checkpoint state, as both trainers set them up."""
+
+    labels: list[str]
+    ckpt_dir: Path | None
+    fingerprint: str
+    resume: bool  # a checkpoint of this very run (same data, params, code) is there to resume
+
+    def label_ids(self, labels) -> torch.Tensor:
+        index = {label: i for i, label in enumerate(self.labels)}
+        return torch.tensor([index[label] for label in labels], dtype=torch.long)
+
+
+def start_run(kind: str, params: dict[str, Any], identity: tuple, spec: TrainingSpec, data: ClassificationData,
+              workdir: Path) -> ClassifierRun:
+    """Labels, checkpoint folder and fingerprint of a run; `identity` adds what else makes it the same run."""
+    ckpt_dir = Path(workdir) / "checkpoints" if spec.checkpoint_every else None
+    fingerprint = run_fingerprint(
+        kind, params, *identity, spec.model_dump(exclude={"checkpoint_every", "num_threads", "device"}),
+        data_fingerprint(data),
+    )
+    resume = ckpt_dir is not None and resumable_checkpoint(ckpt_dir, fingerprint)
+    return ClassifierRun(list(data.labels), ckpt_dir, fingerprint, resume)
+
+
+def fit_classifier(model: nn.Module, batches, evaluate, spec: TrainingSpec, params: dict[str, Any],
+                   run: ClassifierRun, on_metrics: MetricsCallback, extra: dict[str, Any],
+                   param_groups=None) -> FitResult:
+    """The fit loop with cross-entropy, the configured monitor and the run's checkpoints."""
+    return fit(
+        model,
+        batches,
+        cross_entropy_loss,
+        spec,
+        evaluate=evaluate,
+        monitor=params["monitor"],
+        on_metrics=on_metrics,
+        checkpoint_dir=run.ckpt_dir,
+        resume=run.resume,
+        param_groups=param_groups,
+        extra=extra,
+    )
 
 
 def cross_entropy_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
