@@ -101,16 +101,9 @@ class GeneratorPredictor(Predictor):
     task: ClassVar[str] = "generation"
 
     @abstractmethod
-    def generate(
-        self,
-        prompt: str,
-        max_new_tokens: int = 100,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-    ) -> str:
-        """Continue `prompt`; returns only the new text. The same seed gives the same text."""
+    def generate(self, prompt: str, **sampling: Any) -> str:
+        """Continue `prompt`; returns only the new text. `sampling`: max_new_tokens, temperature,
+        top_k, top_p and seed (the same seed gives the same text)."""
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
