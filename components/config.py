@@ -173,14 +173,16 @@ class TaskSpec(_Spec):
 
 
 class ServingSpec(_Spec):
-    max_batch_size: int = 64
+    """The service's limits; each must be positive (a zero limit would refuse every request)."""
+
+    max_batch_size: int = Field(64, gt=0)
     # The longest a text may wait for its batch before BentoML sheds it with a 503: keep it well
     # above one full batch's time (MiniLM on 2 CPU cores: about 1 s for 32 texts).
-    max_latency_ms: int = 10_000
-    max_texts: int = 64
-    max_chars: int = 20_000
-    max_new_tokens: int = 256
-    max_prompt_chars: int = 2_000
+    max_latency_ms: int = Field(10_000, gt=0)
+    max_texts: int = Field(64, gt=0)
+    max_chars: int = Field(20_000, gt=0)
+    max_new_tokens: int = Field(256, gt=0)
+    max_prompt_chars: int = Field(2_000, gt=0)
 
 
 class PipelineConfig(_Spec):
