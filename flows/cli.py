@@ -155,7 +155,7 @@ def _setup(config: str | None = None, *, flows: bool = False):
 
         _quiet_mlflow()
         runtime.prepare(settings, say=lambda line: typer.echo(line, err=True))
-        import prefect  # noqa: F401  (configures logging: route it next)
+        from prefect import flow  # noqa: F401  (importing it configures Prefect's logging: route it next)
 
         _quiet_shutdown_noise()
         _route_logs(settings)
