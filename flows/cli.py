@@ -507,11 +507,13 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000) -> 
 
     settings, _ = _setup()
     from components.data.sources import redact_url
-    from flows.tracking import ui_command
+    from flows.tracking import training_experiments, ui_command
 
     _check_port_free(port, "127.0.0.1", "MLflow UI")
-    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (store: {redact_url(settings.tracking_uri)}); "
-               "the experiments open on their runs table. Ctrl-C stops it.")
+    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (store: {redact_url(settings.tracking_uri)}). Ctrl-C stops it.")
+    for name, experiment_id in training_experiments(settings):
+        typer.echo(f"  {name}: http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs")
+    sys.stdout.flush()
     sys.exit(subprocess.call(ui_command(settings, port)))
 
 

@@ -315,6 +315,14 @@ def newest_version_of_candidate(settings: Settings, registered_model: str, candi
     return str(max(mine)) if mine else None
 
 
+def training_experiments(settings: Settings) -> list[tuple[str, str]]:
+    """(name, id) of the experiments maas trained in, for links straight to their runs."""
+    experiments = client(settings).search_experiments(
+        filter_string=f"tags.`{EXPERIMENT_KIND_TAG}` = '{MODEL_TRAINING}'"
+    )
+    return sorted((e.name, e.experiment_id) for e in experiments)
+
+
 def ui_command(settings: Settings, port: int) -> list[str]:
     """`mlflow ui` through this interpreter: a venv that was never activated is not on PATH."""
     return [

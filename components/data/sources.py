@@ -97,8 +97,11 @@ def redact_url(url: str) -> str:
     host, port and path are enough to tell a reader where the data came from.
     """
     parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc and not parts.query and not parts.fragment:
+        return url  # nothing secret; urlunsplit would also drop the "//" of `sqlite:////abs/path`
     host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+    slashes = "//" if url[len(parts.scheme) + 1 :].startswith("//") else ""
+    return f"{parts.scheme}:{slashes}{host}{parts.path}"
 
 
 def describe_source(source: SourceSpec) -> str:

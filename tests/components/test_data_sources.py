@@ -304,6 +304,13 @@ def test_redact_url_drops_credentials_query_and_fragment():
     assert redact_url("file:///tmp/rows.csv") == "file:///tmp/rows.csv"
 
 
+def test_redact_url_keeps_store_uris_whole():
+    """Tracking-store URIs the CLI prints: an absolute SQLite path keeps its four slashes."""
+    assert redact_url("sqlite:////srv/maas/mlflow.db") == "sqlite:////srv/maas/mlflow.db"
+    assert redact_url("sqlite:///rel.db") == "sqlite:///rel.db"
+    assert redact_url("postgresql://mlflow:pw@db:5432/mlflow") == "postgresql://db:5432/mlflow"
+
+
 def test_url_secrets_stay_out_of_the_manifest_and_the_log(tmp_path, http_root, caplog, labelled_rows):
     root, base = http_root
     pd.DataFrame(labelled_rows).to_csv(root / "rows.csv", index=False)
