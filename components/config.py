@@ -203,7 +203,12 @@ class PipelineConfig(_Spec):
         return self
 
     def tasks(self) -> list[TaskSpec]:
-        return [t for t in (self.classification, self.generation) if t is not None]
+        return [task for _, task in self.named_tasks()]
+
+    def named_tasks(self) -> list[tuple[Task, TaskSpec]]:
+        """(task name, spec) of each configured task: classification first, then generation."""
+        return [(name, task) for name, task in (("classification", self.classification),
+                                               ("generation", self.generation)) if task is not None]
 
     def dataset(self, name: str) -> DatasetSpec:
         for d in self.datasets:

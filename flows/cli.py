@@ -9,6 +9,7 @@ to the terminal with --debug). Anything else exits 1, with the same log file.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -187,26 +188,14 @@ def _quiet_shutdown_noise() -> None:
 
 def _print_summary(summary: dict) -> None:
     from rich.console import Console
-    from rich.table import Table
+
+    from flows.leaderboard import describe_decision, render, summary_rows
 
     console = Console(width=None if sys.stdout.isatty() else 160)
-    versions = summary["data_versions"]
-    console.print(f"\n[bold]Data version[/bold] (data.dvc): {versions.get('_repo')}")
-    for task_name, task in summary["tasks"].items():
-        table = Table(title=f"{task_name}: candidates (val chooses, test reports)")
-        metric_names = sorted(k for k in (task["results"][0]["val"] if task["results"] else {}) if k != "log_loss")
-        test_names = sorted(k for k in (task["results"][0]["test"] if task["results"] else {}) if k != "log_loss")
-        for column in ["candidate", "version", *[f"val {m}" for m in metric_names], *[f"test {m}" for m in test_names], "p50 ms", "train s"]:
-            table.add_column(column)
-        for r in task["results"]:
-            table.add_row(
-                r["candidate"], str(r["version"]), *[f"{r['val'][m]:.4f}" for m in metric_names],
-                *[f"{r['test'][m]:.4f}" for m in test_names], f"{r['latency_ms_p50']:.2f}", f"{r['train_s']:.1f}",
-            )
-        console.print(table)
-        decision = task["decision"]
-        verb = "promoted" if decision["promoted"] else "kept"
-        console.print(f"{task_name}: {verb} ({decision['reason']}); champion: {decision['registered_model']} v{decision['champion_version']}")
+    console.print(f"\n[bold]Data version[/bold] (data.dvc): {summary['data'].repo}")
+    console.print(render(summary_rows(summary["tasks"]), "table"))
+    for outcome in summary["tasks"].values():
+        console.print(describe_decision(outcome["decision"]))
     console.print(f"[bold]Bento:[/bold] {summary.get('bento')}")
     console.print("Next: [bold]maas serve[/bold] (the API on http://127.0.0.1:3000), [bold]maas ui[/bold] "
                   "(runs and charts in MLflow), [bold]maas compare[/bold] (the leaderboard).")
@@ -306,7 +295,7 @@ def ingest(config: ConfigOption = "default") -> None:
 
     with _process_tags():
         versions = ingest_flow(settings, cfg)
-    typer.echo(json.dumps(versions, indent=2))
+    typer.echo(json.dumps(dataclasses.asdict(versions), indent=2))
 
 
 @app.command()
@@ -336,29 +325,24 @@ def promote(config: ConfigOption = "default") -> None:
     from prefect import flow
 
     from components.data.fingerprint import dataset_version
-    from flows.leaderboard import leaderboard
+    from flows.leaderboard import describe_decision, leaderboard
     from flows.promote import promote as promote_task
 
     @flow(name="promote")
     def promote_flow():
         decisions = []
-        for task_name in ("classification", "generation"):
-            task_spec = getattr(cfg, task_name)
-            if task_spec is None:
-                continue
+        for task_name, task_spec in cfg.named_tasks():
             version = dataset_version(settings.data_root / task_spec.dataset)
-            rows = [r for r in leaderboard(settings, cfg, {task_spec.dataset: version})
-                    if r["task"] == task_name and r["version"] and task_spec.metric in r["val"]]
+            rows = [r.as_dict() for r in leaderboard(settings, cfg, {task_spec.dataset: version})
+                    if r.task == task_name and r.version and task_spec.metric in r.val]
             if rows:
-                results = [{"candidate": r["model"], "version": r["version"], "val": r["val"]} for r in rows]
-                decisions.append(promote_task(settings, task_spec, results, version))
+                decisions.append(promote_task(settings, task_spec, rows, version))
         return decisions
 
     with _process_tags():
         decisions = promote_flow()
     for decision in decisions:
-        verb = "promoted" if decision["promoted"] else "kept"
-        typer.echo(f"{decision['registered_model']}: {verb} ({decision['reason']}); champion v{decision['champion_version']}")
+        typer.echo(describe_decision(decision))
 
 
 @app.command()
@@ -371,16 +355,13 @@ def rollback(
     settings, cfg = _setup(config, flows=True)
     from prefect import flow
 
-    from flows.package import build as build_task
-    from flows.package import import_champion
+    from flows.pipeline import package
     from flows.promote import rollback as rollback_champion
 
     @flow(name="rollback")
     def rollback_flow():
         outcome = rollback_champion(settings, getattr(cfg, task))
-        imported = {name: import_champion(settings, cfg, name) for name in ("classification", "generation")
-                    if getattr(cfg, name) is not None}
-        return outcome, build_task(settings, imported)
+        return outcome, package(settings, cfg)
 
     with _process_tags():
         outcome, bento_tag = rollback_flow()
@@ -428,26 +409,17 @@ def compare(
     """The leaderboard of the current data version, from MLflow."""
     settings, cfg = _setup(config)
     from components.data.fingerprint import dataset_version
-    from flows.leaderboard import leaderboard
+    from flows.leaderboard import leaderboard, render
 
     versions = {d.name: dataset_version(settings.data_root / d.name) for d in cfg.datasets
                 if (settings.data_root / d.name).is_dir()}
     rows = leaderboard(settings, cfg, versions)
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    lines = ["| task | model | version | alias | val | test | p50 ms |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        fmt = lambda d: ", ".join(f"{k} {v:.4f}" for k, v in d.items())  # noqa: E731
-        latency = f"{r['latency_ms_p50']:.2f}" if r["latency_ms_p50"] is not None else "-"
-        lines.append(f"| {r['task']} | {r['model']} | {r['version']} | {r['alias'] or ''} | {fmt(r['val'])} | {fmt(r['test'])} | {latency} |")
-    if markdown:
-        typer.echo("\n".join(lines))
+    if as_json or markdown:
+        typer.echo(render(rows, "json" if as_json else "markdown"))
         return
     from rich.console import Console
-    from rich.markdown import Markdown
 
-    Console().print(Markdown("\n".join(lines)))
+    Console().print(render(rows, "table"))
 
 
 @app.command()
@@ -457,14 +429,11 @@ def build(config: ConfigOption = "default") -> None:
     settings, cfg = _setup(config, flows=True)
     from prefect import flow
 
-    from flows.package import build as build_task
-    from flows.package import import_champion
+    from flows.pipeline import package
 
     @flow(name="build")
     def build_flow():
-        imported = {name: import_champion(settings, cfg, name) for name in ("classification", "generation")
-                    if getattr(cfg, name) is not None}
-        return build_task(settings, imported)
+        return package(settings, cfg)
 
     with _process_tags():
         typer.echo(build_flow())
@@ -525,8 +494,8 @@ def retrain(
 ) -> None:
     """Retrain only what changed: what the scheduled deployment runs (nothing new: nothing changes)."""
     settings, _ = _setup(config, flows=True)
-    from flows.retrain import FAILURE_FILE
     from flows.retrain import retrain as retrain_flow
+    from flows.run_report import FAILURE_FILE
 
     try:
         with _process_tags():

@@ -13,6 +13,7 @@ from prefect import task
 from components.config import PipelineConfig
 from flows import bento, tracking
 from flows.logs import run_logger
+from flows.retries import TRANSIENT_RETRIES
 from flows.settings import Settings
 
 BENTO_MODEL_NAMES = {"classification": bento.CLASSIFIER_MODEL, "generation": bento.GENERATOR_MODEL}
@@ -22,7 +23,7 @@ def _labels(registered_model: str, version, data_version: str) -> dict[str, str]
     return {"model_name": registered_model, "model_version": str(version), "data_version": data_version}
 
 
-@task(name="import-champion", retries=2, retry_delay_seconds=[2, 10])
+@task(name="import-champion", **TRANSIENT_RETRIES)
 def import_champion(settings: Settings, config: PipelineConfig, task_name: str) -> dict[str, str] | None:
     """Copy the champion bundle of one task into the BentoML store (unless already there)."""
     logger = run_logger()

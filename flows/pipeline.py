@@ -1,101 +1,111 @@
-"""The whole pipeline as one Prefect flow: ingest → train → evaluate → promote → package."""
+"""The pipeline, one function per step: ingest → train → promote → log the comparison → package.
+
+`run_steps` runs them in that order, each after its log line; the `pipeline` flow (`maas
+pipeline`) and the `retrain` flow (flows/retrain.py) differ only in how they get the data.
+The `train` flow (`maas train`) runs the train step alone.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.config import PipelineConfig
-from flows.ingest import ensure_data, ingest
-from flows.leaderboard import leaderboard, log_comparison
+from flows.ingest import DataVersions, ensure_data, ingest
+from flows.leaderboard import leaderboard, log_comparison, publish_artifacts
 from flows.logs import run_logger
 from flows.package import build, import_champion
 from flows.promote import promote
 from flows.settings import Settings
 from flows.train import code_version, train_candidate_task
 
+Results = dict[str, list[dict[str, Any]]]  # task name -> what train_candidate_task returned, per candidate
 
-def train_task_candidates(
-    settings, config, task_name, versions, force, config_name, only: list[str] | None = None, nproc: int = 1
-) -> list[dict[str, Any]]:
-    """One Prefect task per candidate (cached by data version, spec and code); returns their summaries."""
-    task_spec = getattr(config, task_name)
+
+def train_candidates(settings: Settings, config: PipelineConfig, data: DataVersions, *, force: bool,
+                     config_name: str, only: list[str] | None = None, nproc: int = 1) -> Results:
+    """One Prefect task per candidate (cached by data version, spec and code); `cached` marks reused results."""
     code = code_version()
-    candidates = [spec for spec in task_spec.candidates if not only or spec.name in only]
-    futures = [
-        train_candidate_task.with_options(
-            refresh_cache=force, timeout_seconds=spec.timeout_s, task_run_name=f"train-{spec.name}"
-        ).submit(settings, task_spec, spec, versions[task_spec.dataset], versions["_repo"], code, config_name, nproc)
-        for spec in candidates
-    ]
-    results = []
-    for future in futures:
-        result = dict(future.result())
-        result["cached"] = future.state.name == "Cached"
-        results.append(result)
-    return results
+    futures = {
+        task_name: [
+            train_candidate_task.with_options(
+                refresh_cache=force, timeout_seconds=spec.timeout_s, task_run_name=f"train-{spec.name}"
+            ).submit(settings, task_spec, spec, dataset_version=data.datasets[task_spec.dataset],
+                     repo_version=data.repo, code=code, config_name=config_name, nproc=nproc)
+            for spec in task_spec.candidates if not only or spec.name in only
+        ]
+        for task_name, task_spec in config.named_tasks()
+    }
+    return {
+        task_name: [dict(future.result(), cached=future.state.name == "Cached") for future in task_futures]
+        for task_name, task_futures in futures.items() if task_futures
+    }
 
 
-@flow(name="train", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
-def train(settings: Settings, config: PipelineConfig, config_name: str = "default", only: list[str] | None = None,
-          nproc: int = 1, force: bool = False) -> dict[str, list[dict[str, Any]]]:
-    """Train (and register) candidates on the data pinned by data.dvc, without promoting."""
-    versions = ensure_data(settings, config)
-    results = {}
-    for task_name in ("classification", "generation"):
-        task_spec = getattr(config, task_name)
-        names = {c.name for c in task_spec.candidates} if task_spec else set()
-        if task_spec is None or (only and not names & set(only)):
-            continue
-        results[task_name] = train_task_candidates(settings, config, task_name, versions, force, config_name, only, nproc)
-    return results
+def promote_champions(settings: Settings, config: PipelineConfig, results: Results,
+                      data: DataVersions) -> dict[str, dict[str, Any]]:
+    """Each task's best candidate challenges its champion on the same data version; returns the decisions."""
+    return {
+        task_name: promote(settings, task_spec, results[task_name], data.datasets[task_spec.dataset])
+        for task_name, task_spec in config.named_tasks() if task_name in results
+    }
 
 
-def leaderboard_markdown(task_name: str, results: list[dict[str, Any]], decision: dict) -> str:
-    metrics = sorted(results[0]["val"]) if results else []
-    header = "| candidate | version | " + " | ".join(f"val {m}" for m in metrics) + " | test | p50 ms | train s |"
-    rows = [header, "|" + "---|" * (len(metrics) + 5)]
-    for r in results:
-        test = ", ".join(f"{k} {v:.4f}" for k, v in r["test"].items() if k != "log_loss") or "-"
-        vals = " | ".join(f"{r['val'][m]:.4f}" for m in metrics)
-        rows.append(
-            f"| {r['candidate']} | {r['version']} | {vals} | {test} | {r['latency_ms_p50']:.2f} | {r['train_s']:.1f} |"
-        )
-    verdict = "promoted" if decision["promoted"] else "kept the champion"
-    return f"## {task_name}\n\n" + "\n".join(rows) + (
-        f"\n\n**Decision:** {verdict}: {decision['reason']}. Champion: v{decision['champion_version']}.\n"
-    )
+def log_comparisons(settings: Settings, config: PipelineConfig, results: Results, data: DataVersions) -> None:
+    """A comparison run (leaderboard + chart) per task that trained something: a cached rerun adds nothing."""
+    for task_name, task_spec in config.named_tasks():
+        if task_name in results and not all(r["cached"] for r in results[task_name]):
+            version = data.datasets[task_spec.dataset]
+            rows = [r for r in leaderboard(settings, config, {task_spec.dataset: version}) if r.task == task_name]
+            log_comparison(settings, task_spec, rows, version)
+
+
+def package(settings: Settings, config: PipelineConfig) -> str | None:
+    """The champions into the BentoML store, then the Bento; each skipped when already there."""
+    imported = {task_name: import_champion(settings, config, task_name) for task_name, _ in config.named_tasks()}
+    return build(settings, imported)
+
+
+def run_steps(settings: Settings, config: PipelineConfig, get_data: Callable[[], DataVersions], *,
+              force: bool, config_name: str) -> dict[str, Any]:
+    """The steps in order; returns {"data", "tasks": {name: {results, decision, trained}}, "bento"}."""
+    logger = run_logger()
+    logger.info("[1/5] ingest: %s", ", ".join(d.name for d in config.datasets))
+    data = get_data()
+    logger.info("[2/5] train: %s", "; ".join(f"{name}: {', '.join(c.name for c in spec.candidates)}"
+                                            for name, spec in config.named_tasks()))
+    results = train_candidates(settings, config, data, force=force, config_name=config_name)
+    logger.info("[3/5] promote: the best candidate of each task challenges its champion")
+    decisions = promote_champions(settings, config, results, data)
+    logger.info("[4/5] log the comparison of the candidates")
+    log_comparisons(settings, config, results, data)
+    logger.info("[5/5] package the champions as a Bento")
+    bento_tag = package(settings, config)
+    tasks = {
+        name: {"results": results[name], "decision": decisions[name],
+               "trained": [r["candidate"] for r in results[name] if not r["cached"]]}
+        for name in results
+    }
+    return {"data": data, "tasks": tasks, "bento": bento_tag}
 
 
 @flow(name="pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
 def pipeline(settings: Settings, config: PipelineConfig, config_name: str = "default", force: bool = False,
              skip_ingest: bool = False) -> dict[str, Any]:
-    logger = run_logger()
-    logger.info("[1/4] ingest: %d dataset(s)", len(config.datasets))
-    versions = ensure_data(settings, config) if skip_ingest else ingest(settings, config)
-
-    summary: dict[str, Any] = {"data_versions": versions, "tasks": {}}
-    markdown = []
-    for task_name in ("classification", "generation"):
-        task_spec = getattr(config, task_name)
-        if task_spec is None:
-            continue
-        logger.info("[2/4] train %s: %s", task_name, ", ".join(c.name for c in task_spec.candidates))
-        results = train_task_candidates(settings, config, task_name, versions, force, config_name)
-        logger.info("[3/4] promote %s", task_name)
-        decision = promote(settings, task_spec, results, versions[task_spec.dataset])
-        summary["tasks"][task_name] = {"results": results, "decision": decision}
-        if not all(r["cached"] for r in results):
-            data_version = versions[task_spec.dataset]
-            log_comparison(settings, task_spec, leaderboard(settings, config, {task_spec.dataset: data_version}),
-                           data_version)
-        markdown.append(leaderboard_markdown(task_name, results, decision))
-
-    logger.info("[4/4] package the champions as a Bento")
-    imported = {name: import_champion(settings, config, name) for name in summary["tasks"]}
-    summary["bento"] = build(settings, imported)
-    create_markdown_artifact(key="maas-leaderboard", markdown="\n".join(markdown), description="candidates and decision")
+    """Ingest (or, with `skip_ingest`, use the data data.dvc pins) → train → promote → compare → package."""
+    get_data = partial(ensure_data if skip_ingest else ingest, settings, config)
+    summary = run_steps(settings, config, get_data, force=force, config_name=config_name)
+    publish_artifacts(summary["tasks"])
     return summary
+
+
+@flow(name="train", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
+def train(settings: Settings, config: PipelineConfig, config_name: str = "default", only: list[str] | None = None,
+          nproc: int = 1, force: bool = False) -> Results:
+    """Train (and register) candidates on the data pinned by data.dvc, without promoting."""
+    return train_candidates(settings, config, ensure_data(settings, config), force=force, config_name=config_name,
+                            only=only, nproc=nproc)

@@ -21,6 +21,7 @@ from components.evaluation.classification import classification_metrics
 from components.predictor import ClassifierPredictor, GeneratorPredictor, load_predictor
 from flows import tracking
 from flows.logs import run_logger
+from flows.retries import TRANSIENT_RETRIES
 from flows.settings import Settings
 from flows.train import load_task_data
 
@@ -76,7 +77,7 @@ def _lock(settings: Settings, registered_model: str) -> FileLock:
     return FileLock(str(settings.home / "locks" / f"promote-{registered_model}.lock"))
 
 
-@task(name="promote", retries=2, retry_delay_seconds=[2, 10])
+@task(name="promote", **TRANSIENT_RETRIES)
 def promote(settings: Settings, task_spec: TaskSpec, results: list[dict[str, Any]], dataset_version: str) -> dict:
     """Returns the decision: promoted or kept, with both scores and the reason."""
     logger = run_logger()

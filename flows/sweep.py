@@ -15,7 +15,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from components.config import PipelineConfig, SweepSpec, TaskSpec
 from components.search import apply_point, grid_points, random_points, suggest
 from flows import tracking
-from flows.ingest import ensure_data
+from flows.ingest import DataVersions, ensure_data
 from flows.logs import run_logger
 from flows.promote import promote, select_best
 from flows.settings import Settings
@@ -31,18 +31,19 @@ def task_runner(kind: str, workers: int):
 
 
 def find_task(config: PipelineConfig, candidate: str) -> tuple[str, TaskSpec]:
-    for task_name in ("classification", "generation"):
-        task_spec = getattr(config, task_name)
-        if task_spec and any(c.name == candidate for c in task_spec.candidates):
+    for task_name, task_spec in config.named_tasks():
+        if any(c.name == candidate for c in task_spec.candidates):
             return task_name, task_spec
     raise ValueError(f"no candidate named {candidate!r} in the config")
 
 
-def _run_trials(settings, task_spec, specs, start, versions, code, config_name, parent) -> list[dict[str, Any]]:
+def _run_trials(settings, task_spec, specs, start, data: DataVersions, code, config_name,
+                parent) -> list[dict[str, Any]]:
+    """Trials are logged as child runs of the sweep's run, not registered: only the best one is."""
     futures = [
         train_candidate_task.with_options(task_run_name=f"trial-{start + i}").submit(
-            settings, task_spec, spec, versions[task_spec.dataset], versions["_repo"], code, config_name,
-            1, parent, False,
+            settings, task_spec, spec, dataset_version=data.datasets[task_spec.dataset], repo_version=data.repo,
+            code=code, config_name=config_name, nproc=1, parent_run_id=parent, register=False,
         )
         for i, spec in enumerate(specs)
     ]
@@ -58,26 +59,26 @@ def sweep(settings: Settings, config: PipelineConfig, candidate: str, config_nam
     if sweep_spec is None:
         raise ValueError(f"no search space for {candidate!r}: add `sweeps: {{{candidate}: ...}}` to the task config")
     base = next(c for c in task_spec.candidates if c.name == candidate)
-    versions = ensure_data(settings, config)
+    data = ensure_data(settings, config)
     code = code_version()
     experiment_id = tracking.ensure_experiment(settings, experiment_name(task_spec))
     parent = tracking.start_run(
         settings, experiment_id, f"sweep-{candidate}",
-        {"maas.kind": "sweep", "maas.data_version": versions[task_spec.dataset], "maas.candidate_group": candidate},
+        {"maas.kind": "sweep", "maas.data_version": data.datasets[task_spec.dataset], "maas.candidate_group": candidate},
         {"method": sweep_spec.method, "trials": sweep_spec.trials, "space": sweep_spec.model_dump(mode="json")["space"]},
     )
     results: list[dict[str, Any]] = []
     try:
         if sweep_spec.method == "optuna":
-            results = _optuna_trials(settings, task_spec, base, sweep_spec, versions, code, config_name, parent)
+            results = _optuna_trials(settings, task_spec, base, sweep_spec, data, code, config_name, parent)
         else:
             points = grid_points(sweep_spec) if sweep_spec.method == "grid" else random_points(sweep_spec)
             specs = [apply_point(base, point, i) for i, point in enumerate(points)]
-            results = _run_trials(settings, task_spec, specs, 0, versions, code, config_name, parent)
+            results = _run_trials(settings, task_spec, specs, 0, data, code, config_name, parent)
         best = dict(select_best(results, task_spec))
         best["version"] = tracking.register_model(
             settings, best["model_uri"], task_spec.registered_model,
-            {"data_version": versions[task_spec.dataset], "candidate": best["candidate"], "run_id": best["run_id"],
+            {"data_version": data.datasets[task_spec.dataset], "candidate": best["candidate"], "run_id": best["run_id"],
              "sweep_run_id": parent},
         )
         parent_metrics = tracking.RunLogger(tracking.client(settings), parent)
@@ -89,11 +90,12 @@ def sweep(settings: Settings, config: PipelineConfig, candidate: str, config_nam
         raise
     logger.info("sweep %s: best trial %s (val %s %.4f), registered as v%s", candidate, best["candidate"],
                 task_spec.metric, best["val"][task_spec.metric], best["version"])
-    decision = promote(settings, task_spec, [best], versions[task_spec.dataset])
+    decision = promote(settings, task_spec, [best], data.datasets[task_spec.dataset])
     return {"task": task_name, "parent_run_id": parent, "trials": results, "best": best, "decision": decision}
 
 
-def _optuna_trials(settings, task_spec, base, sweep_spec, versions, code, config_name, parent) -> list[dict]:
+def _optuna_trials(settings, task_spec, base, sweep_spec, data: DataVersions, code, config_name,
+                   parent) -> list[dict]:
     """Ask/tell in batches of `parallel`, so Optuna learns from finished trials while others run."""
     import optuna
 
@@ -103,7 +105,7 @@ def _optuna_trials(settings, task_spec, base, sweep_spec, versions, code, config
     while len(results) < sweep_spec.trials:
         batch = [study.ask() for _ in range(min(sweep_spec.parallel, sweep_spec.trials - len(results)))]
         specs = [apply_point(base, suggest(trial, sweep_spec), len(results) + i) for i, trial in enumerate(batch)]
-        for trial, result in zip(batch, _run_trials(settings, task_spec, specs, len(results), versions, code,
+        for trial, result in zip(batch, _run_trials(settings, task_spec, specs, len(results), data, code,
                                                     config_name, parent), strict=True):
             study.tell(trial, result["val"][task_spec.metric])
             results.append(result)

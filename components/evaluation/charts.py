@@ -19,7 +19,7 @@ def plot_metric_vs_latency(rows: Sequence[dict], metric: str, path: Path, title:
         if x is None or y is None:
             continue
         ax.scatter([x], [y])
-        ax.annotate(row["model"], (x, y), textcoords="offset points", xytext=(4, 4))
+        ax.annotate(row["candidate"], (x, y), textcoords="offset points", xytext=(4, 4))
     ax.set_xscale("log")
     ax.set_xlabel("latency per text, p50 (ms, log scale)")
     ax.set_ylabel(f"validation {metric}")

@@ -1,3 +1,5 @@
+"""Config loading: presets, `extends`, unknown keys, the task list, and errors that name the file."""
+
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,13 @@ def test_invalid_yaml_names_the_file(tmp_path):
     path.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
         load_config(path)
+
+
+def test_named_tasks_name_each_configured_task_in_order():
+    from components.config import PipelineConfig
+
+    smoke = load_named_config("smoke", CONFIGS)
+    assert [name for name, _ in smoke.named_tasks()] == ["classification", "generation"]
+    assert [spec for _, spec in smoke.named_tasks()] == smoke.tasks()
+    only_generation = PipelineConfig.model_validate(smoke.model_dump() | {"classification": None})
+    assert only_generation.named_tasks() == [("generation", smoke.generation)]

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flows.prefect_server import free_port
 from tests.conftest import make_project
 
 pytestmark = pytest.mark.slow
@@ -107,12 +108,6 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def free_port() -> int:
-    from flows.prefect_server import free_port as free
-
-    return free()
-
-
 def running_runs(home: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(home / "mlflow" / "mlflow.db") as db:
         return db.execute("select run_uuid, status from runs where status = 'RUNNING'").fetchall()
@@ -134,8 +129,10 @@ def test_pipeline_on_own_data_writes_its_config_and_a_champion(own_data):
     compared = project.maas("compare", "-c", "own", "--json")
     assert compared.returncode == 0, compared.stderr
     rows = json.loads(compared.stdout)
-    assert [r["model"] for r in rows if r["alias"] == "champion"] == ["tfidf-logreg"]
+    assert [r["candidate"] for r in rows if r["alias"] == "champion"] == ["tfidf-logreg"]
     assert "maas serve" in result.stdout  # the summary says where to look next
+    assert "Finished in state Completed()" in result.stderr  # the flow's log reaches the terminal
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_the_own_config_is_not_silently_replaced(own_data):

