@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from components.explain.occlusion import occlusion_attributions
+from components.explain.words import WordAttribution
 from components.models.registry import KINDS, unknown_kind_message
 
 BUNDLE_FORMAT = 1
@@ -95,6 +97,22 @@ class ClassifierPredictor(Predictor):
             }
             for row in proba
         ]
+
+    def attribute(self, texts: Sequence[str]) -> list[WordAttribution]:
+        """A signed score per word of each text for its predicted label. Occlusion by default
+        (it needs only predict_proba); a kind with an exact method overrides this."""
+        return occlusion_attributions(self.predict_proba, texts, self.read_until)
+
+    def read_until(self, text: str) -> int:
+        """The character offset where the model stops reading `text` (truncation); the end by default."""
+        return len(text)
+
+    def explain(self, texts: Sequence[str], top_k: int = 10) -> list[dict[str, Any]]:
+        """Per text: the predicted label, its probability, the method, and the `top_k` words that
+        pushed towards the label and the `top_k` that pushed away, each ``{"word", "score"}``."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        return [item.explanation(self.labels, top_k) for item in self.attribute(texts)]
 
 
 class GeneratorPredictor(Predictor):

@@ -52,6 +52,7 @@ import torch.nn as nn
 
 from components.config import ModelSpec, TrainingSpec
 from components.data.dataset import ClassificationData
+from components.explain.occlusion import truncation_offset
 from components.models.registry import model_kind
 from components.predictor import ClassifierPredictor
 from components.text.classifier_tokenizer import (
@@ -197,6 +198,9 @@ class NeuralClassifierPredictor(ClassifierPredictor):
     @property
     def max_length(self) -> int:
         return int(self.config["max_length"])
+
+    def read_until(self, text: str) -> int:
+        return truncation_offset(text, lambda prefix: len(self.tokenizer.encode(prefix)), self.max_length)
 
     @torch.no_grad()
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:

@@ -37,6 +37,7 @@ import torch.nn as nn
 
 from components.config import ModelSpec, TrainingSpec
 from components.data.dataset import ClassificationData
+from components.explain.occlusion import truncation_offset
 from components.models.encoder_classifier import EncoderClassifier, FeatureHead, freeze_encoder, load_encoder
 from components.predictor import ClassifierPredictor
 from components.training.batches import IndexBatches
@@ -171,6 +172,12 @@ class PretrainedPredictor(ClassifierPredictor):
     @property
     def on_accelerator(self) -> bool:
         return model_device(self.model).type != "cpu"
+
+    def read_until(self, text: str) -> int:
+        # The tokenizer counts [CLS] and [SEP], as the truncation to max_length does.
+        return truncation_offset(
+            text, lambda prefix: len(self.tokenizer(prefix)["input_ids"]), int(self.config["max_length"])
+        )
 
     @torch.no_grad()
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:

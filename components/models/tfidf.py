@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from components.config import ModelSpec
 from components.data.dataset import ClassificationData
 from components.evaluation.classification import classification_metrics
+from components.explain.linear import LinearAttribution, LinearTfidfExplainer
 from components.models.tfidf_inference import LinearTfidfScorer
 from components.predictor import ClassifierPredictor
 from components.training.callbacks import MetricsCallback
@@ -89,6 +91,20 @@ class TfidfPredictor(ClassifierPredictor):
         if self._scorer is not None:
             return self._scorer.predict_proba(texts)
         return self.pipeline.predict_proba(list(texts))
+
+    @cached_property
+    def _explainer(self) -> LinearTfidfExplainer:
+        # Built on the first explanation only: it keeps the feature names, which serving never needs.
+        if self._scorer is None:
+            raise NotImplementedError(
+                f"{self.kind}: exact explanations need a TF-IDF + LogisticRegression pipeline, "
+                f"not {[name for name, _ in self.pipeline.steps]}"
+            )
+        return LinearTfidfExplainer(self._scorer)
+
+    def attribute(self, texts: Sequence[str]) -> list[LinearAttribution]:
+        """Exact linear contributions per word (components/explain/linear.py)."""
+        return self._explainer.attribute(texts)
 
     def _save_files(self, folder: Path) -> None:
         joblib.dump(self.pipeline, folder / PIPELINE_FILE)

@@ -133,6 +133,7 @@ class LinearTfidfScorer:
     """Class probabilities of a fitted TF-IDF (one or several vectorisers) + LogisticRegression."""
 
     def __init__(self, vectorizers: list[TfidfVectorizer], classifier: LogisticRegression):
+        self.vectorizers = vectorizers  # explanations map their features back to words
         weights = np.ascontiguousarray(classifier.coef_.T)  # (features, classes or 1)
         offsets = np.cumsum([0] + [len(v.vocabulary_) for v in vectorizers])
         # A FeatureUnion lays the branches' columns side by side, so each owns a slice of the weights.
