@@ -183,6 +183,9 @@ class ServingSpec(_Spec):
     max_chars: int = Field(20_000, gt=0)
     max_new_tokens: int = Field(256, gt=0)
     max_prompt_chars: int = Field(2_000, gt=0)
+    # /explain runs one model call per word of each text (occlusion), so it takes fewer texts.
+    max_explain_texts: int = Field(8, gt=0)
+    max_explain_top_k: int = Field(50, gt=0)
 
 
 class PipelineConfig(_Spec):
