@@ -28,6 +28,8 @@ app = typer.Typer(
 
 ConfigOption = Annotated[str, typer.Option("--config", "-c", help="A preset in configs/ (default, smoke, gpu) or a YAML path.")]
 DEBUG_ENV = "MAAS_DEBUG"
+# MLflow 3's UI opens in its GenAI view (traces) unless the link asks for the model-training one.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 USAGE_ERROR = 2
 NOTHING_LOST = ("Nothing half-done was kept: data.dvc moves only after every dataset validated, the champion alias "
                 "only after a better model was registered, the Bento only after a successful build.")
@@ -479,9 +481,10 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000) -> 
     from flows.tracking import training_experiments, ui_command
 
     _check_port_free(port, "127.0.0.1", "MLflow UI")
-    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (store: {redact_url(settings.tracking_uri)}). Ctrl-C stops it.")
+    typer.echo(f"MLflow UI on http://127.0.0.1:{port}/#/?{MODEL_TRAINING_VIEW} "
+               f"(store: {redact_url(settings.tracking_uri)}). Ctrl-C stops it.")
     for name, experiment_id in training_experiments(settings):
-        typer.echo(f"  {name}: http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs")
+        typer.echo(f"  {name}: http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_VIEW}")
     sys.stdout.flush()
     sys.exit(subprocess.call(ui_command(settings, port)))
 
