@@ -1,4 +1,4 @@
-"""The BentoML service ``maas``: batched /classify, /generate, /info, health and metrics (the API only).
+"""The BentoML service ``maas``: batched /classify, /explain, /generate, /info, health and metrics (the API only).
 
 It serves the BentoML models that ``flows/bento.py`` imports: ``maas-classifier`` (required)
 and ``maas-generator`` (optional). A Bento built by ``flows.bento.build_bento`` names their
@@ -92,7 +92,8 @@ CLASSIFIER = _stored_model("classifier", CLASSIFIER_MODEL, required=True)
 GENERATOR = _stored_model("generator", GENERATOR_MODEL, required=False)
 SERVING = ServingSpec.model_validate(CLASSIFIER.info.metadata.get("serving") or {})
 # Largest body a valid request can need: every character escaped as \uXXXX, plus the JSON around it.
-MAX_BODY_BYTES = 6 * max(SERVING.max_texts * SERVING.max_chars, SERVING.max_prompt_chars) + 64 * 1024
+MAX_TEXTS_PER_REQUEST = max(SERVING.max_texts, SERVING.max_explain_texts)
+MAX_BODY_BYTES = 6 * max(MAX_TEXTS_PER_REQUEST * SERVING.max_chars, SERVING.max_prompt_chars) + 64 * 1024
 
 
 # -- request schemas -----------------------------------------------------------------------------
@@ -119,12 +120,39 @@ Texts = Annotated[
     AfterValidator(count_texts),
 ]
 Prompt = _visible_text(SERVING.max_prompt_chars)
+# /explain takes the same texts as /classify, fewer of them: occlusion costs a model call per word.
+ExplainTexts = Annotated[
+    list[Text],
+    Field(
+        min_length=1,
+        max_length=SERVING.max_explain_texts,
+        description="Texts to explain, at most max_explain_texts, each as for /classify",
+    ),
+    AfterValidator(count_texts),
+]
 
 
 class Classification(BaseModel):
     label: str = Field(description="The most probable label")
     probabilities: dict[str, float] = Field(description="Probability of every label; they sum to 1")
     model_version: str = Field(description="Registry version of the classifier that answered")
+
+
+class WordScore(BaseModel):
+    word: str = Field(description="A word of the text, as written (all its occurrences count as one)")
+    score: float = Field(description="Positive: pushed towards the label; negative: away from it")
+
+
+class Explanation(BaseModel):
+    label: str = Field(description="The most probable label, as /classify returns it")
+    probability: float = Field(description="Its probability")
+    method: str = Field(
+        description="'linear': exact logit contributions (TF-IDF); "
+        "'occlusion': the drop of the label's probability when the word is deleted"
+    )
+    towards: list[WordScore] = Field(description="The top_k words that pushed towards the label, strongest first")
+    against: list[WordScore] = Field(description="The top_k words that pushed away from it, strongest first")
+    model_version: str
 
 
 class Generation(BaseModel):
@@ -243,6 +271,23 @@ class MaasService:
     async def classify(self, texts: Texts) -> Annotated[list[Classification], JSON]:
         """Label and probabilities per text. Requests are merged into batches (adaptive batching)."""
         return await self._classify(texts)
+
+    def _explain(self, texts: list[str], top_k: int) -> list[Explanation]:
+        version = self.classifier_info.model_version
+        return [Explanation(**item, model_version=version) for item in self.classifier.explain(texts, top_k)]
+
+    @bentoml.api
+    async def explain(
+        self,
+        texts: ExplainTexts,
+        top_k: Annotated[int, Field(ge=1, le=SERVING.max_explain_top_k)] = min(10, SERVING.max_explain_top_k),
+    ) -> Annotated[list[Explanation], JSON]:
+        """Why each label: the words that pushed the classifier towards it and away. Not batched;
+        on the classifier's own thread, as occlusion makes one model call per word read."""
+        try:
+            return await _on_thread(self._classify_thread, self._explain, texts, top_k)
+        except NotImplementedError as exc:  # a model kind without an explanation method
+            return error_response(501, str(exc))
 
     if BENCHMARK_ENDPOINTS:
 
