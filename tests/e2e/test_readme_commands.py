@@ -30,8 +30,8 @@ pytestmark = pytest.mark.slow
 VENV_BIN = Path(sys.executable).parent
 MAAS = str(VENV_BIN / "maas")
 # What the test session sets for its own isolation: a user's shell has none of it.
-ISOLATED = ("MAAS_HOME", "MAAS_PROJECT_DIR", "PREFECT_HOME", "PREFECT_API_URL", "BENTOML_HOME", "MLFLOW_TRACKING_URI",
-            "VIRTUAL_ENV")
+ISOLATED = ("MAAS_HOME", "MAAS_PROJECT_DIR", "PREFECT_HOME", "PREFECT_API_URL", "PREFECT_LOGGING_LEVEL", "BENTOML_HOME",
+            "MLFLOW_TRACKING_URI", "VIRTUAL_ENV")
 TOPICS = {
     "sport": "match goal team player score league coach win cup",
     "tech": "software chip computer internet phone data network code",
