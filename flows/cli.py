@@ -10,136 +10,33 @@ to the terminal with --debug). Anything else exits 1, with the same log file.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import logging
 import os
 import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from flows.own_config import write_own_config
+from flows.terminal import (
+    DEBUG_ENV,
+    CommandRun,
+    UsageError,
+    handled,
+    print_summary,
+    quiet_mlflow,
+    quiet_shutdown_noise,
+    route_logs,
+)
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="maas: models as a service."
 )
 
 ConfigOption = Annotated[str, typer.Option("--config", "-c", help="A preset in configs/ (default, smoke, gpu) or a YAML path.")]
-DEBUG_ENV = "MAAS_DEBUG"
 # MLflow 3's UI opens in its GenAI view (traces) unless the link asks for the model-training one.
 MODEL_TRAINING_VIEW = "workflowType=machine_learning"
-USAGE_ERROR = 2
-NOTHING_LOST = ("Nothing half-done was kept: data.dvc moves only after every dataset validated, the champion alias "
-                "only after a better model was registered, the Bento only after a successful build.")
-
-
-class UsageError(Exception):
-    """A problem the user can fix (a taken port, a file that would be overwritten): exit 2, one line."""
-
-
-class _Run:
-    """What the current command knows about itself: its name and its log file."""
-
-    command = "maas"
-    log_path: Path | None = None
-    started_work = False  # past set-up: a failure may have left work to undo (and did not)
-
-
-def _debug() -> bool:
-    return os.environ.get(DEBUG_ENV) == "1"
-
-
-def _is_usage_error(error: BaseException) -> bool:
-    from components.config import ConfigError
-    from components.data.validation import DataValidationError
-
-    return isinstance(error, UsageError | ConfigError | DataValidationError | FileNotFoundError | KeyError
-                      | ValueError | ImportError)
-
-
-def _message(error: BaseException) -> str:
-    # KeyError's str() is the repr of its argument: show the sentence itself.
-    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-    return " ".join(str(text).split()) or type(error).__name__
-
-
-def handled(command):
-    """Run a command; turn its exceptions into one line and an exit code (2: the user's to fix, 1: ours)."""
-
-    @functools.wraps(command)
-    def run(*args, **kwargs):
-        _Run.command = command.__name__
-        try:
-            return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort, typer.BadParameter, KeyboardInterrupt):
-            raise
-        except Exception as error:
-            _log_traceback(error)
-            usage = _is_usage_error(error)
-            where = f" (traceback: {_Run.log_path})" if _Run.log_path and not _debug() else ""
-            if usage:
-                typer.secho(f"error: {_message(error)}", fg="red", err=True)
-                if where:
-                    typer.echo(f"Full log{where[12:-1]}; run with --debug for the traceback here.", err=True)
-            else:
-                typer.secho(f"maas {_Run.command} failed: {type(error).__name__}: {_message(error)}{where}",
-                            fg="red", err=True)
-            if _Run.started_work:
-                typer.echo(NOTHING_LOST, err=True)
-            raise typer.Exit(USAGE_ERROR if usage else 1) from None
-
-    return run
-
-
-def _log_traceback(error: BaseException) -> None:
-    text = "".join(traceback.format_exception(error))
-    if _debug():
-        typer.echo(text, err=True)
-    if _Run.log_path is not None:
-        with _Run.log_path.open("a") as log:
-            log.write(text)
-
-
-class _WithoutTraceback(logging.Formatter):
-    """A console formatter that leaves tracebacks to the log file (--debug shows them)."""
-
-    def __init__(self, inner: logging.Formatter | None):
-        super().__init__()
-        self.inner = inner or logging.Formatter()
-
-    def format(self, record: logging.LogRecord) -> str:
-        saved = record.exc_info, record.exc_text, record.stack_info
-        record.exc_info = record.exc_text = record.stack_info = None
-        try:
-            return self.inner.format(record)
-        finally:
-            record.exc_info, record.exc_text, record.stack_info = saved
-
-
-def _route_logs(settings) -> None:
-    """Every log line of this command to MAAS_HOME/logs/<time>-<command>-<pid>.log; none of the tracebacks
-    to the terminal unless --debug. Call after Prefect configured logging (importing it does)."""
-    folder = settings.home / "logs"
-    folder.mkdir(parents=True, exist_ok=True)
-    _Run.log_path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{_Run.command}-{os.getpid()}.log"
-    handler = logging.FileHandler(_Run.log_path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    for console in root.handlers:
-        if isinstance(console, logging.StreamHandler) and not isinstance(console, logging.FileHandler):
-            # Training steps a terminal already shows as a live progress bar go to the log file only.
-            console.addFilter(lambda record: not getattr(record, "shown_as_bar", False))
-            if not _debug():
-                console.setFormatter(_WithoutTraceback(console.formatter))
-    root.addHandler(handler)
-    # Library warnings (MLflow's signature notes, deprecations) are for the log, not for the user.
-    logging.captureWarnings(True)
-    if not _debug():
-        warnings_log = logging.getLogger("py.warnings")
-        warnings_log.propagate = False
-        warnings_log.addHandler(handler)
 
 
 def _setup(config: str | None = None, *, flows: bool = False):
@@ -156,21 +53,14 @@ def _setup(config: str | None = None, *, flows: bool = False):
     if flows:
         from flows import runtime, tracking  # noqa: F401  (imports mlflow, which sets its loggers up)
 
-        _quiet_mlflow()
+        quiet_mlflow()
         runtime.prepare(settings, say=lambda line: typer.echo(line, err=True))
         from prefect import flow  # noqa: F401  (importing it configures Prefect's logging: route it next)
 
-        _quiet_shutdown_noise()
-        _route_logs(settings)
-        _Run.started_work = True
+        quiet_shutdown_noise()
+        route_logs(settings)
+        CommandRun.started_work = True
     return settings, cfg
-
-
-def _quiet_mlflow() -> None:
-    """MLflow's own INFO lines ("Creating initial MLflow database tables", "Created version '3'") repeat
-    what the flow's log says."""
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _process_tags():
@@ -180,29 +70,6 @@ def _process_tags():
     from flows.runtime import process_tag
 
     return tags(process_tag())
-
-
-def _quiet_shutdown_noise() -> None:
-    """Prefect's server client logs CancelledError tracebacks when the process exits: hide them."""
-    for name in ("uvicorn.error", "prefect._internal.concurrency", "prefect.events.clients"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-
-
-def _print_summary(summary: dict) -> None:
-    from rich.console import Console
-
-    from flows.leaderboard import describe_decision, render, summary_rows
-
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    console.print(f"\n[bold]Data version[/bold] (data.dvc): {summary['data'].repo}")
-    console.print(render(summary_rows(summary["tasks"]), "table"))
-    for outcome in summary["tasks"].values():
-        console.print(describe_decision(outcome["decision"]))
-    console.print(f"[bold]Bento:[/bold] {summary.get('bento')}")
-    console.print("Next: [bold]maas serve[/bold] (the API on http://127.0.0.1:3000), [bold]maas ui[/bold] "
-                  "(runs and charts in MLflow), [bold]maas compare[/bold] (the leaderboard).")
-    if _Run.log_path is not None:
-        console.print(f"Log: {_Run.log_path}")
 
 
 TextColumns = Annotated[list[str] | None, typer.Option(
@@ -245,47 +112,7 @@ def pipeline(
 
     with _process_tags():
         summary = pipeline_flow(settings, cfg, config_name=config, force=force, skip_ingest=skip_ingest)
-    _print_summary(summary)
-
-
-def write_own_config(preset: str, data: Path, text_columns: list[str] | None, label_column: str | None,
-                     test_file: Path | None, name: str | None, overwrite: bool) -> str:
-    """configs/NAME.yaml for --data; refuses to replace a different file unless told to. Returns NAME."""
-    import yaml
-
-    from components.config import load_config
-    from components.data.own_data import dataset_name, own_data_config
-    from flows.settings import Settings
-
-    if not text_columns or not label_column:
-        raise UsageError("--data needs --text-column (one or more) and --label-column")
-    settings = Settings.from_env()
-    name = dataset_name(name, data)
-    document = own_data_config(name=name, data=data, text_columns=text_columns, label_column=label_column,
-                               project_dir=settings.project_dir, test_file=test_file, preset=preset)
-    argv = " ".join(sys.argv[1:])
-    text = (f"# Written by `maas {argv}`.\n# Edit it and run `maas pipeline -c {name}`; "
-            f"`maas retrain -c {name}` retrains only when the file changes.\n"
-            + yaml.safe_dump(document, sort_keys=False))
-    target = settings.configs_dir / f"{name}.yaml"
-    if target.exists() and _config_body(target.read_text()) != _config_body(text) and not overwrite:
-        raise UsageError(f"{target} exists and says something else: pass --overwrite to replace it, "
-                         f"or --name to write another config")
-    staged = target.with_suffix(".yaml.tmp")
-    staged.parent.mkdir(parents=True, exist_ok=True)
-    staged.write_text(text)
-    try:
-        load_config(staged, presets_dir=settings.configs_dir)  # the preset and every key check out first
-        os.replace(staged, target)
-    finally:
-        staged.unlink(missing_ok=True)
-    typer.echo(f"Wrote {target} (text columns {text_columns} joined with a newline; label {label_column!r}).")
-    return name
-
-
-def _config_body(text: str) -> str:
-    """A config without its comments: rewriting the same settings with other flags is not a change."""
-    return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    print_summary(summary)
 
 
 @app.command()
@@ -506,7 +333,7 @@ def retrain(
     except Exception:
         typer.secho(f"What failed and what was left unchanged: {settings.home / FAILURE_FILE}", err=True)
         raise
-    _print_summary(summary)
+    print_summary(summary)
     typer.echo("\n".join(summary["changes"]))
 
 
