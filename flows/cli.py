@@ -304,7 +304,7 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000) -> 
     import subprocess
 
     settings, _ = _setup()
-    from components.data.sources import redact_url
+    from components.data.locations import redact_url
     from flows.tracking import training_experiments, ui_command
 
     _check_port_free(port, "127.0.0.1", "MLflow UI")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from components.config import Task
-from components.data.sources import LABEL, ROW, TEXT, RowIssue, RowRef
+from components.data.rows import LABEL, ROW, TEXT, RowIssue, RowRef
 
 _NEWLINES = re.compile(r"\r\n?")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import DatasetSpec
-from components.data.sources import file_sha256, find_package_folder
+from components.data.locations import file_sha256, find_package_folder
 
 _CHUNK = 1 << 20
 DATA_CODE_DIR = Path(__file__).resolve().parent

@@ -33,16 +33,9 @@ import pandas as pd
 from components.config import DatasetSpec, SourceSpec
 from components.data.cleaning import Dropped, clean, downsample
 from components.data.dataset import CORPUS_SPLITS, MANIFEST_FILE, SPLITS
-from components.data.sources import (
-    LABEL,
-    TEXT,
-    RowIssue,
-    RowRef,
-    describe_source,
-    read_source,
-    read_split_files,
-    redact_url,
-)
+from components.data.locations import describe_source, redact_url
+from components.data.rows import LABEL, TEXT, RowIssue, RowRef
+from components.data.sources import read_source, read_split_files
 from components.data.splitting import join_corpus, split_classification, split_corpus
 from components.data.validation import (
     check_has_rows,

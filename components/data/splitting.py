@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import pandas as pd
 
 from components.data.dataset import SPLITS
-from components.data.sources import LABEL
+from components.data.rows import LABEL
 
 # Held-out splits are carved in this order; train keeps what remains.
 _CARVE_ORDER = ("test", "val")

@@ -14,7 +14,7 @@ splits inflates every test score). Generation: ``schema``, ``empty split``.
 
 While reading and cleaning, both tasks: ``no rows`` (a source or split file with no data
 rows, or none left after cleaning), ``encoding`` (a line that is not valid UTF-8, raised by
-:mod:`components.data.sources`) and ``row issues`` (rows cleaning would drop, unless the
+:mod:`components.data.decoding`) and ``row issues`` (rows cleaning would drop, unless the
 dataset allows it with ``row_issues: warn``).
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from components.data.sources import LABEL, TEXT, RowIssue
+from components.data.rows import LABEL, TEXT, RowIssue
 
 PREVIEW_ROWS = 5
 _PREVIEW_CHARS = 60

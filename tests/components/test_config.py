@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+
 from components.config import ConfigError, load_config, load_named_config, resolve_config_path
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

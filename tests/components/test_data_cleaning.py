@@ -13,7 +13,8 @@ from components.data.cleaning import (
     normalize_document,
     normalize_text,
 )
-from components.data.sources import RowIssue, RowRef, read_class_folder
+from components.data.rows import RowIssue, RowRef
+from components.data.sources import read_class_folder
 
 
 def frame(texts, labels=None) -> pd.DataFrame:

@@ -15,17 +15,11 @@ import pytest
 from pydantic import ValidationError
 
 from components.config import DatasetSpec, SourceSpec
+from components.data.decoding import decode_lines, decode_text
 from components.data.ingest import ingest_dataset
-from components.data.sources import (
-    RowIssue,
-    RowRef,
-    decode_lines,
-    decode_text,
-    download,
-    read_source,
-    read_split_files,
-    redact_url,
-)
+from components.data.locations import download, redact_url
+from components.data.rows import RowIssue, RowRef
+from components.data.sources import read_source, read_split_files
 from components.data.validation import DataValidationError
 
 

