@@ -112,10 +112,7 @@ def ingest_dataset(spec: DatasetSpec, data_root: Path, *, cache_dir: Path, base_
         log.info("max_rows=%d: sampled out %d rows", spec.max_rows, sampled_out)
     dropped = dropped + Dropped(sampled_out=sampled_out)
 
-    if labelled:
-        write, counts, labels = _prepare_classification(spec, source, pinned)
-    else:
-        write, counts, labels = _prepare_corpus(spec, source, pinned)
+    write, counts, labels = _prepare(spec, source, pinned)
     counts["read"] = rows_read
     manifest = build_manifest(spec, counts=counts, dropped=dropped, labels=labels, repaired=repaired)
 
@@ -175,29 +172,25 @@ def _location(value: str) -> str:
     return redact_url(value) if "://" in value else value
 
 
-def _prepare_classification(
+def _prepare(
     spec: DatasetSpec, source: pd.DataFrame, pinned: dict[str, pd.DataFrame]
 ) -> tuple[Callable[[Path], None], dict[str, Any], list[str]]:
-    """Split and validate; return the writer, the counts and the label set."""
-    splits = _classification_splits(spec, source, pinned)
-    validate_classification(splits)
-    log.info("rows per split %s", {split: len(frame) for split, frame in splits.items()})
-    labels = sorted(set().union(*(set(frame[LABEL]) for frame in splits.values())))
-    return partial(_write_classification, splits), _classification_counts(splits, labels), labels
-
-
-def _prepare_corpus(
-    spec: DatasetSpec, source: pd.DataFrame, pinned: dict[str, pd.DataFrame]
-) -> tuple[Callable[[Path], None], dict[str, Any], list[str]]:
-    """Join the documents, cut train/val, validate; return the writer, the counts, no labels."""
-    texts = _corpus_splits(spec, source, pinned)
-    validate_corpus(texts)
-    log.info("characters per split %s", {split: len(text) for split, text in texts.items()})
-    counts = {
-        "documents": len(source) + sum(len(frame) for frame in pinned.values()),
-        "characters": {split: len(text) for split, text in texts.items()},
-    }
-    return partial(_write_corpus, texts), counts, []
+    """Split and validate; return the writer, the counts and the label set (none for a corpus)."""
+    if spec.task == "classification":
+        splits = _classification_splits(spec, source, pinned)
+        validate_classification(splits)
+        labels = sorted(set().union(*(set(frame[LABEL]) for frame in splits.values())))
+        unit, sizes = "rows", {split: len(frame) for split, frame in splits.items()}
+        write, counts = partial(_write_classification, splits), _classification_counts(splits, labels)
+    else:
+        # A corpus: the documents joined, then train/val cut from the joined text.
+        texts = _corpus_splits(spec, source, pinned)
+        validate_corpus(texts)
+        labels, unit, sizes = [], "characters", {split: len(text) for split, text in texts.items()}
+        documents = len(source) + sum(len(frame) for frame in pinned.values())
+        write, counts = partial(_write_corpus, texts), {"documents": documents, "characters": sizes}
+    log.info("%s per split %s", unit, sizes)
+    return write, counts, labels
 
 
 def _classification_splits(
