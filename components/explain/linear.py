@@ -20,13 +20,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import repeat
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from components.explain.words import WORD, TextWords, WordAttribution
-from components.models.tfidf_inference import LinearTfidfScorer
+from components.models.tfidf_inference import LinearTfidfScorer, probabilities
+
+CHUNK_CACHE = 2**16  # distinct whitespace-separated chunks whose n-gram columns are kept
 
 
 @dataclass
@@ -42,6 +45,19 @@ def relative_to_mean_class(weights: np.ndarray) -> np.ndarray:
     return weights - weights.mean(axis=1, keepdims=True)
 
 
+@dataclass
+class _Features:
+    """One text's non-zero features in one branch; for char_wb, also each n-gram occurrence's
+    chunk, its feature (an index into `columns`) and its share of that feature's contribution."""
+
+    columns: np.ndarray
+    values: np.ndarray
+    chunks: list[str] | None = None
+    chunk_of: np.ndarray | None = None
+    inverse: np.ndarray | None = None
+    weights: np.ndarray | None = None
+
+
 class _BranchExplainer:
     """One vectoriser's features, mapped back to words."""
 
@@ -50,17 +66,46 @@ class _BranchExplainer:
         self.weights = relative_to_mean_class(branch.weights)  # (features, classes)
         self.analyzer = vectorizer.analyzer if isinstance(vectorizer.analyzer, str) else None
         self.analyze = vectorizer.build_analyzer()
+        # Chunks (mostly words) repeat across texts: their features are looked up once.
+        self.chunk_columns = lru_cache(maxsize=CHUNK_CACHE)(self._chunk_columns)
         self.names = vectorizer.get_feature_names_out() if self.analyzer == "word" else None
 
-    def add(self, text: str, label: int, scores: dict[str, float]) -> float:
+    def features(self, text: str) -> _Features:
+        """The text's non-zero features in this branch, with where each came from."""
+        if self.analyzer != "char_wb":
+            _, columns, values = self.branch.entries([text])  # columns ascending
+            return _Features(columns, values)
+        # char_wb cuts n-grams from each whitespace-separated chunk on its own: analysing each
+        # distinct chunk alone gives exactly the text's n-grams, now with the chunk they came from.
+        chunks = Counter(text.split())
+        per_chunk = [self.chunk_columns(chunk) for chunk in chunks]
+        lengths = [len(found) for found in per_chunk]
+        if not any(lengths):
+            return _Features(np.zeros(0, np.int64), np.zeros(0))
+        chunk_of = np.repeat(np.arange(len(chunks)), lengths)
+        repeats = np.fromiter(chunks.values(), np.float64, len(chunks))[chunk_of]
+        columns, inverse = np.unique(np.concatenate(per_chunk), return_inverse=True)
+        counts = np.bincount(inverse, weights=repeats)  # each feature's count in the whole text
+        values = self.branch.weigh(np.zeros(len(columns), np.int64), columns, counts, 1)
+        return _Features(columns, values, list(chunks), chunk_of, inverse, repeats / counts[inverse])
+
+    def logits(self, features: _Features) -> np.ndarray:
+        """This branch's part of the model's logits, (classes,) or (1,) for a binary model."""
+        return features.values @ self.branch.weights[features.columns]
+
+    def add(self, features: _Features, label: int, scores: dict[str, float]) -> float:
         """Add this branch's word contributions to `scores`; returns what covers no word."""
-        _, columns, values = self.branch.entries([text])  # columns ascending
-        contributions = values * self.weights[columns, label]
+        contributions = features.values * self.weights[features.columns, label]
         if self.analyzer == "word":
-            return self._add_ngrams(columns, contributions, scores)
-        if self.analyzer == "char_wb":
-            return self._add_chunks(text, columns, contributions, scores)
+            return self._add_ngrams(features.columns, contributions, scores)
+        if self.analyzer == "char_wb" and features.chunks:
+            return self._add_chunks(features, contributions, scores)
         return float(contributions.sum())
+
+    def _chunk_columns(self, chunk: str) -> np.ndarray:
+        """The vocabulary columns of a chunk's n-grams, one per occurrence (unknown ones left out)."""
+        found = np.fromiter(map(self.branch.lookup, self.analyze(chunk), repeat(-1)), np.int64)
+        return found[found >= 0]
 
     def _add_ngrams(self, columns: np.ndarray, contributions: np.ndarray, scores: dict[str, float]) -> float:
         # Every occurrence of an n-gram covers the same words, so its whole contribution splits over them.
@@ -75,33 +120,11 @@ class _BranchExplainer:
                     rest += share
         return rest
 
-    def _add_chunks(
-        self, text: str, columns: np.ndarray, contributions: np.ndarray, scores: dict[str, float]
-    ) -> float:
-        # char_wb cuts n-grams from each whitespace-separated chunk on its own: analysing each
-        # distinct chunk alone gives exactly the text's n-grams, now with where they came from.
-        chunks = Counter(text.split())
-        grams: list[str] = []
-        lengths: list[int] = []
-        for chunk in chunks:
-            found = self.analyze(chunk)
-            grams.extend(found)
-            lengths.append(len(found))
-        if not grams:
-            return 0.0
-        found_columns = np.fromiter(map(self.branch.lookup, grams, repeat(-1)), np.int64, len(grams))
-        chunk_of = np.repeat(np.arange(len(chunks)), lengths)
-        known = found_columns >= 0
-        found_columns, chunk_of = found_columns[known], chunk_of[known]
-        repeats = np.fromiter(chunks.values(), np.float64, len(chunks))[chunk_of]
-        unique, inverse = np.unique(found_columns, return_inverse=True)
-        occurrences = np.bincount(inverse, weights=repeats)  # of each feature in the whole text
-        contribution = contributions[np.searchsorted(columns, unique)]
-        per_chunk = np.bincount(
-            chunk_of, weights=(contribution / occurrences)[inverse] * repeats, minlength=len(chunks)
-        )
+    def _add_chunks(self, features: _Features, contributions: np.ndarray, scores: dict[str, float]) -> float:
+        occurrence_shares = contributions[features.inverse] * features.weights  # n-gram occurrences
+        per_chunk = np.bincount(features.chunk_of, weights=occurrence_shares, minlength=len(features.chunks))
         rest = 0.0
-        for chunk, share in zip(chunks, per_chunk.tolist(), strict=True):
+        for chunk, share in zip(features.chunks, per_chunk.tolist(), strict=True):
             keys = [word.lower() for word in WORD.findall(chunk)]
             if not keys:
                 rest += share
@@ -119,19 +142,23 @@ class LinearTfidfExplainer:
             _BranchExplainer(vectorizer, branch)
             for vectorizer, branch in zip(scorer.vectorizers, scorer.branches, strict=True)
         ]
-        self.bias = relative_to_mean_class(np.asarray(scorer.intercept, dtype=np.float64)[None, :])[0]
+        self.intercept = np.asarray(scorer.intercept, dtype=np.float64)
+        self.bias = relative_to_mean_class(self.intercept[None, :])[0]
 
     def attribute(self, texts: Sequence[str]) -> list[LinearAttribution]:
         texts = list(texts)
         if not texts:
             return []
-        proba = self.scorer.predict_proba(texts)
         results = []
-        for text, row in zip(texts, proba, strict=True):
+        for text in texts:
+            # The probabilities come from the same features (scoring the text again would double the cost).
+            features = [branch.features(text) for branch in self.branches]
+            logits = self.intercept + sum(b.logits(f) for b, f in zip(self.branches, features, strict=True))
+            row = probabilities(logits[None, :])[0]
             label = int(row.argmax())
             words = TextWords(text)
             scores = dict.fromkeys(words.keys, 0.0)  # every word is read: unused ones score 0
-            rest = sum(branch.add(text, label, scores) for branch in self.branches)
+            rest = sum(b.add(f, label, scores) for b, f in zip(self.branches, features, strict=True))
             results.append(
                 LinearAttribution(
                     label, float(row[label]), "linear", scores, words.shown,

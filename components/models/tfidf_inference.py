@@ -98,6 +98,11 @@ class _Branch:
         # One key per (text, term): counting the sorted unique keys gives the term counts.
         keys, counts = np.unique(rows[known] * self.width + found[known], return_counts=True)
         rows, columns_out = np.divmod(keys, self.width)
+        return rows, columns_out, self.weigh(rows, columns_out, counts, len(texts))
+
+    def weigh(self, rows: np.ndarray, columns: np.ndarray, counts: np.ndarray, n_texts: int) -> np.ndarray:
+        """The TF-IDF values of term counts given as (row, column, count) entries, rows ascending
+        (explanations count the n-grams themselves, to know which word each came from)."""
         values = counts.astype(np.float64)
         if self.binary:
             values[:] = 1.0
@@ -105,15 +110,15 @@ class _Branch:
             np.log(values, out=values)
             values += 1.0
         if self.idf is not None:
-            values *= self.idf[columns_out]
+            values *= self.idf[columns]
         if self.norm is not None:
             magnitude = np.abs(values) if self.norm == "l1" else values**2
-            norms = np.bincount(rows, weights=magnitude, minlength=len(texts))
+            norms = np.bincount(rows, weights=magnitude, minlength=n_texts)
             if self.norm == "l2":
                 norms = np.sqrt(norms)
             norms[norms == 0] = 1.0
             values /= norms[rows]
-        return rows, columns_out, values
+        return values
 
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         rows, columns, values = self.entries(texts)
@@ -174,10 +179,16 @@ class LinearTfidfScorer:
         scores = np.tile(self.intercept, (len(texts), 1))
         for branch in self.branches:
             branch.add_scores(texts, scores)
-        if scores.shape[1] == 1:  # two classes: one logit for the second class
-            positive = 1.0 / (1.0 + np.exp(-scores[:, 0]))
-            return np.column_stack([1.0 - positive, positive])
-        scores -= scores.max(axis=1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=1, keepdims=True)
-        return scores
+        return probabilities(scores)
+
+
+def probabilities(scores: np.ndarray) -> np.ndarray:
+    """Logistic regression's class probabilities from its logits (N, C), or (N, 1) for two
+    classes (the second class's logit); `scores` is overwritten."""
+    if scores.shape[1] == 1:  # two classes: one logit for the second class
+        positive = 1.0 / (1.0 + np.exp(-scores[:, 0]))
+        return np.column_stack([1.0 - positive, positive])
+    scores -= scores.max(axis=1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=1, keepdims=True)
+    return scores

@@ -63,7 +63,9 @@ def margin(predictor: TfidfPredictor, text: str, label: int) -> float:
 def test_tfidf_contributions_add_up_to_the_decision_function(labels, params):
     predictor = tfidf_predictor(labels, **params)
     texts = [SPORT_TEXT, "Cheap chip phones -- and the software app?", "é ü 漢字 ...", "!!!"]
-    for text, item in zip(texts, predictor.attribute(texts), strict=True):
+    proba = predictor.pipeline.predict_proba(texts)
+    for text, item, row in zip(texts, predictor.attribute(texts), proba, strict=True):
+        assert (item.label, item.probability) == (row.argmax(), pytest.approx(row.max(), abs=1e-12))
         total = sum(item.scores.values()) + item.bias + item.unattributed
         assert total == pytest.approx(margin(predictor, text, item.label), abs=1e-9), text
         assert set(item.scores) == set(TextWords(text).keys)  # every word, words only
