@@ -151,25 +151,11 @@ def train(
 def promote(config: ConfigOption = "default") -> None:
     """Let the best run of the current data version challenge the champion."""
     settings, cfg = _setup(config, flows=True)
-    from prefect import flow
-
-    from components.data.fingerprint import dataset_version
-    from flows.leaderboard import describe_decision, leaderboard
-    from flows.promote import promote as promote_task
-
-    @flow(name="promote")
-    def promote_flow():
-        decisions = []
-        for task_name, task_spec in cfg.named_tasks():
-            version = dataset_version(settings.data_root / task_spec.dataset)
-            rows = [r.as_dict() for r in leaderboard(settings, cfg, {task_spec.dataset: version})
-                    if r.task == task_name and r.version and task_spec.metric in r.val]
-            if rows:
-                decisions.append(promote_task(settings, task_spec, rows, version))
-        return decisions
+    from flows.leaderboard import describe_decision
+    from flows.pipeline import promote_current
 
     with _process_tags():
-        decisions = promote_flow()
+        decisions = promote_current(settings, cfg)
     for decision in decisions:
         typer.echo(describe_decision(decision))
 
@@ -182,18 +168,12 @@ def rollback(
 ) -> None:
     """Give the champion alias back to the previous version, then rebuild the Bento."""
     settings, cfg = _setup(config, flows=True)
-    from prefect import flow
-
-    from flows.pipeline import package
-    from flows.promote import rollback as rollback_champion
-
-    @flow(name="rollback")
-    def rollback_flow():
-        outcome = rollback_champion(settings, getattr(cfg, task))
-        return outcome, package(settings, cfg)
+    if task not in dict(cfg.named_tasks()):
+        raise UsageError(f"--task {task}: config {config} has the tasks {[name for name, _ in cfg.named_tasks()]}")
+    from flows.pipeline import rollback as rollback_flow
 
     with _process_tags():
-        outcome, bento_tag = rollback_flow()
+        outcome, bento_tag = rollback_flow(settings, cfg, task)
     typer.echo(f"{outcome['registered_model']}: champion is v{outcome['champion_version']} again "
                f"(v{outcome['replaced']} is now `previous`); Bento {bento_tag}")
 
@@ -256,16 +236,10 @@ def compare(
 def build(config: ConfigOption = "default") -> None:
     """Import the champions into the BentoML store and build the Bento."""
     settings, cfg = _setup(config, flows=True)
-    from prefect import flow
-
-    from flows.pipeline import package
-
-    @flow(name="build")
-    def build_flow():
-        return package(settings, cfg)
+    from flows.pipeline import build_bento
 
     with _process_tags():
-        typer.echo(build_flow())
+        typer.echo(build_bento(settings, cfg))
 
 
 def _check_port_free(port: int, host: str, what: str) -> None:

@@ -2,7 +2,8 @@
 
 `run_steps` runs them in that order, each after its log line; the `pipeline` flow (`maas
 pipeline`) and the `retrain` flow (flows/retrain.py) differ only in how they get the data.
-The `train` flow (`maas train`) runs the train step alone.
+The `train` flow (`maas train`) runs the train step alone; `promote_current`, `rollback` and
+`build_bento` are the flows of `maas promote`, `maas rollback` and `maas build`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.config import PipelineConfig
+from components.data.fingerprint import dataset_version
 from flows.ingest import DataVersions, ensure_data, ingest
 from flows.leaderboard import leaderboard, log_comparison, publish_artifacts
 from flows.logs import run_logger
 from flows.package import build, import_champion
 from flows.promote import promote
+from flows.promote import rollback as rollback_champion
 from flows.settings import Settings
 from flows.train import code_version, train_candidate_task
 
@@ -109,3 +112,28 @@ def train(settings: Settings, config: PipelineConfig, config_name: str = "defaul
     """Train (and register) candidates on the data pinned by data.dvc, without promoting."""
     return train_candidates(settings, config, ensure_data(settings, config), force=force, config_name=config_name,
                             only=only, nproc=nproc)
+
+
+@flow(name="promote")
+def promote_current(settings: Settings, config: PipelineConfig) -> list[dict]:
+    """Let the best finished run of each task's current data version challenge its champion (`maas promote`)."""
+    decisions = []
+    for task_name, task_spec in config.named_tasks():
+        version = dataset_version(settings.data_root / task_spec.dataset)
+        rows = [r.as_dict() for r in leaderboard(settings, config, {task_spec.dataset: version})
+                if r.task == task_name and r.version and task_spec.metric in r.val]
+        if rows:
+            decisions.append(promote(settings, task_spec, rows, version))
+    return decisions
+
+
+@flow(name="rollback")
+def rollback(settings: Settings, config: PipelineConfig, task_name: str) -> tuple[dict, str | None]:
+    """Give a task's champion alias back to the previous version, then rebuild the Bento (`maas rollback`)."""
+    return rollback_champion(settings, getattr(config, task_name)), package(settings, config)
+
+
+@flow(name="build")
+def build_bento(settings: Settings, config: PipelineConfig) -> str | None:
+    """Import the champions and build the Bento (`maas build`)."""
+    return package(settings, config)

@@ -64,14 +64,13 @@ def handled(command):
         except Exception as error:
             log_traceback(error)
             usage = is_usage_error(error)
-            where = f" (traceback: {CommandRun.log_path})" if CommandRun.log_path and not debug() else ""
             if usage:
                 typer.secho(f"error: {message(error)}", fg="red", err=True)
-                if where:
-                    typer.echo(f"Full log{where[12:-1]}; run with --debug for the traceback here.", err=True)
             else:
-                typer.secho(f"maas {CommandRun.command} failed: {type(error).__name__}: {message(error)}{where}",
+                typer.secho(f"maas {CommandRun.command} failed: {type(error).__name__}: {message(error)}",
                             fg="red", err=True)
+            if CommandRun.log_path and not debug():
+                typer.echo(f"The log, traceback included: {CommandRun.log_path} (or run with --debug).", err=True)
             if CommandRun.started_work:
                 typer.echo(NOTHING_LOST, err=True)
             raise typer.Exit(USAGE_ERROR if usage else 1) from None
