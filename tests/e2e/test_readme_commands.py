@@ -169,6 +169,8 @@ def test_ui_answers(own_data, tmp_path):
     process = project.popen("ui", "--port", str(port), log=log)
     try:
         assert wait_for(f"http://127.0.0.1:{port}/", process, log).status_code == 200
+        # Links straight to the training runs, in MLflow's model-training view (not its GenAI pages).
+        assert "/runs?workflowType=machine_learning" in log.read_text()
     finally:
         stop(process)
 
