@@ -174,9 +174,13 @@ class PretrainedPredictor(ClassifierPredictor):
         return model_device(self.model).type != "cpu"
 
     def read_until(self, text: str) -> int:
-        # The tokenizer counts [CLS] and [SEP], as the truncation to max_length does.
+        # The tokenizer counts [CLS] and [SEP], as the truncation to max_length does. Counting
+        # past max_length + 1 tells nothing more (and would warn about the encoder's own limit).
+        limit = int(self.config["max_length"])
         return truncation_offset(
-            text, lambda prefix: len(self.tokenizer(prefix)["input_ids"]), int(self.config["max_length"])
+            text,
+            lambda prefix: len(self.tokenizer(prefix, truncation=True, max_length=limit + 1)["input_ids"]),
+            limit,
         )
 
     @torch.no_grad()
