@@ -110,26 +110,21 @@ def _visible_text(max_chars: int):
 
 
 Text = _visible_text(SERVING.max_chars)
-Texts = Annotated[
-    list[Text],
-    Field(
-        min_length=1,
-        max_length=SERVING.max_texts,
-        description="Texts to classify, each 1..max_chars characters, not all whitespace or invisible",
-    ),
-    AfterValidator(count_texts),
-]
-Prompt = _visible_text(SERVING.max_prompt_chars)
+
+
+def _texts(max_texts: int, description: str):
+    """A list of 1..`max_texts` texts (each a `Text`), counted for the access log."""
+    return Annotated[
+        list[Text], Field(min_length=1, max_length=max_texts, description=description), AfterValidator(count_texts)
+    ]
+
+
+Texts = _texts(
+    SERVING.max_texts, "Texts to classify, each 1..max_chars characters, not all whitespace or invisible"
+)
 # /explain takes the same texts as /classify, fewer of them: occlusion costs a model call per word.
-ExplainTexts = Annotated[
-    list[Text],
-    Field(
-        min_length=1,
-        max_length=SERVING.max_explain_texts,
-        description="Texts to explain, at most max_explain_texts, each as for /classify",
-    ),
-    AfterValidator(count_texts),
-]
+ExplainTexts = _texts(SERVING.max_explain_texts, "Texts to explain, at most max_explain_texts, each as for /classify")
+Prompt = _visible_text(SERVING.max_prompt_chars)
 
 
 class Classification(BaseModel):

@@ -50,7 +50,13 @@ QUICK: dict[str, tuple[dict, dict]] = {
     ),
     "transformer": (
         {"dim": 64, "num_layers": 1, "num_heads": 2},
-        {"epochs": 4, "batch_size": 32, "max_length": 128, "warmup_steps": 20, "early_stopping_patience": None},
+        {
+            "epochs": 4,
+            "batch_size": 32,
+            "max_length": 128,
+            "warmup_steps": 20,
+            "early_stopping_patience": None,
+        },
     ),
     "pretrained": (
         {"train_layers": 0},
@@ -58,7 +64,6 @@ QUICK: dict[str, tuple[dict, dict]] = {
     ),
 }
 EXPLAIN_BATCH = 8  # texts per attribute() call: the service's default /explain limit
-COLUMNS = ["model", "k", "top_drop", "random_drop", "ms_per_text"]
 
 
 def quick(spec: ModelSpec) -> ModelSpec:
@@ -149,7 +154,9 @@ def run(args: argparse.Namespace) -> dict:
             names = args.models.split(",") if args.models else None
             known = [spec.name for spec in task.candidates]
             if names and set(names) - set(known):
-                raise SystemExit(f"unknown candidates {sorted(set(names) - set(known))}; the config has {known}")
+                raise SystemExit(
+                    f"unknown candidates {sorted(set(names) - set(known))}; the config has {known}"
+                )
             models = []
             for spec in task.candidates:
                 if names and spec.name not in names:
@@ -166,12 +173,16 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def print_table(report: dict) -> None:
-    cells = [[str(row[c]) for c in COLUMNS] for row in report["rows"]]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(COLUMNS)]
-    print(f"deletion curves over {report['texts']} validation texts (drop of the predicted class's probability)")
-    print("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)))
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    width = max(len("model"), *(len(row["model"]) for row in report["rows"]))
+    print(
+        f"deletion curves over {report['texts']} validation texts (drop of the predicted class's probability)"
+    )
+    print(f"{'model':<{width}}  {'k':>3}  {'top_drop':>9}  {'random_drop':>11}  {'ms_per_text':>11}")
+    for row in report["rows"]:
+        print(
+            f"{row['model']:<{width}}  {row['k']:>3}  {row['top_drop']:>9.4f}  {row['random_drop']:>11.4f}  "
+            f"{row['ms_per_text']:>11.2f}"
+        )
     for s in report["models"]:
         print(
             f"{s['model']} ({s['method']}): area top {s['top_area']} vs random {s['random_area']}, "
@@ -187,7 +198,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", help="comma-separated candidate names to train (default: all)")
     parser.add_argument("--full", action="store_true", help="train the candidates as configured, not QUICK")
     parser.add_argument(
-        "--bundle", type=Path, action="append", help="a Predictor bundle to measure instead of training (repeatable)"
+        "--bundle",
+        type=Path,
+        action="append",
+        help="a Predictor bundle to measure instead of training (repeatable)",
     )
     parser.add_argument("--texts", type=int, default=200, help="validation texts explained (default 200)")
     parser.add_argument("--max-k", type=int, default=10, help="largest number of words deleted (default 10)")

@@ -27,4 +27,6 @@ def test_the_report_has_a_row_per_model_and_k_and_tfidf_deletions_beat_random(da
 
 def test_unknown_models_are_refused(dataset, config):  # noqa: F811
     with pytest.raises(SystemExit, match="unknown candidates"):
-        load_benchmark("explain_faithfulness").main(["--config", str(config), "--data", str(dataset), "--models", "nope"])
+        load_benchmark("explain_faithfulness").main(
+            ["--config", str(config), "--data", str(dataset), "--models", "nope"]
+        )
