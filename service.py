@@ -232,6 +232,9 @@ class MaasService:
         # different threads, each with its own malloc arena, and MiniLM's resident memory kept growing (+11 %).
         self._classify_thread = ThreadPoolExecutor(1, thread_name_prefix="maas-classify")
         self._generate_thread = ThreadPoolExecutor(1, thread_name_prefix="maas-generate")
+        # Explanations get a thread of their own: occlusion runs for seconds on a slow model, and
+        # /classify batches must not queue behind it.
+        self._explain_thread = ThreadPoolExecutor(1, thread_name_prefix="maas-explain")
         cheap = self._batch_seconds() <= INLINE_BATCH_BUDGET_S
         self._classify_inline = cheap and not self.classifier.on_accelerator
         # The models and their warm-up are loaded for good: move them out of the cyclic garbage
@@ -278,9 +281,9 @@ class MaasService:
         top_k: Annotated[int, Field(ge=1, le=SERVING.max_explain_top_k)] = min(10, SERVING.max_explain_top_k),
     ) -> Annotated[list[Explanation], JSON]:
         """Why each label: the words that pushed the classifier towards it and away. Not batched;
-        on the classifier's own thread, as occlusion makes one model call per word read."""
+        on a thread of their own, as occlusion makes one model call per word read."""
         try:
-            return await _on_thread(self._classify_thread, self._explain, texts, top_k)
+            return await _on_thread(self._explain_thread, self._explain, texts, top_k)
         except NotImplementedError as exc:  # a model kind without an explanation method
             return error_response(501, str(exc))
 
