@@ -210,6 +210,35 @@ def sweep(
 
 @app.command()
 @handled
+def explain(
+    texts: Annotated[list[str], typer.Argument(help="One or more texts to explain.")],
+    config: ConfigOption = "default",
+    top_k: Annotated[int, typer.Option(help="Words to show for and against the label.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the explanations as JSON.")] = False,
+) -> None:
+    """Why the champion classifier labels each text as it does: the words for and against."""
+    settings, cfg = _setup(config)
+    if cfg.classification is None:
+        raise UsageError(f"config {config} has no classification task")
+    from flows import tracking
+
+    model = cfg.classification.registered_model
+    champion = tracking.get_alias_version(settings, model)
+    if champion is None:
+        raise UsageError(f"{model} has no champion yet: run `maas pipeline -c {config}` first")
+    explanations = tracking.load_registered(settings, model, champion.version).explain(texts, top_k)
+    if as_json:
+        typer.echo(json.dumps(explanations, indent=2))
+        return
+    for text, item in zip(texts, explanations, strict=True):
+        towards, against = (", ".join(f"{w['word']} {w['score']:+.3f}" for w in item[side]) or "-"
+                            for side in ("towards", "against"))
+        typer.echo(f"{text[:70]!r}: {item['label']} ({item['probability']:.2f}, {item['method']})\n"
+                   f"  towards: {towards}\n  against: {against}")
+
+
+@app.command()
+@handled
 def compare(
     config: ConfigOption = "default",
     as_json: Annotated[bool, typer.Option("--json", help="Print the leaderboard as JSON.")] = False,

@@ -8,7 +8,6 @@ A file lock under MAAS_HOME serialises promotions of one registered model.
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any
 
 from filelock import FileLock
@@ -18,7 +17,7 @@ from components.config import TaskSpec
 from components.data.dataset import ClassificationData, CorpusData
 from components.evaluation.behaviour import run_checks
 from components.evaluation.classification import classification_metrics
-from components.predictor import ClassifierPredictor, GeneratorPredictor, load_predictor
+from components.predictor import ClassifierPredictor, GeneratorPredictor
 from flows import tracking
 from flows.logs import run_logger
 from flows.retries import TRANSIENT_RETRIES
@@ -48,28 +47,25 @@ def champion_score(settings: Settings, task_spec: TaskSpec, champion, dataset_ve
         if f"val_{task_spec.metric}" in metrics:
             return metrics[f"val_{task_spec.metric}"]
     # New data: score the champion on the new validation split, never on test.
-    with tempfile.TemporaryDirectory() as tmp:
-        bundle = tracking.download_bundle(settings, task_spec.registered_model, champion.version, tmp)
-        predictor = load_predictor(bundle)
-        data = load_task_data(settings, task_spec, predictor.kind)
-        if isinstance(predictor, ClassifierPredictor) and isinstance(data, ClassificationData):
-            return classification_metrics(data.val_labels, predictor.predict_proba(data.val_texts), predictor.labels)[
-                task_spec.metric
-            ]
-        if isinstance(predictor, GeneratorPredictor) and isinstance(data, CorpusData):
-            metrics = predictor.evaluate(data.val_text, max_chars=predictor.metadata.get("eval_max_chars"))
-            return metrics[task_spec.metric]
-        raise ValueError(f"cannot score a {predictor.kind} champion on a {type(data).__name__}")
+    predictor = tracking.load_registered(settings, task_spec.registered_model, champion.version)
+    data = load_task_data(settings, task_spec, predictor.kind)
+    if isinstance(predictor, ClassifierPredictor) and isinstance(data, ClassificationData):
+        return classification_metrics(data.val_labels, predictor.predict_proba(data.val_texts), predictor.labels)[
+            task_spec.metric
+        ]
+    if isinstance(predictor, GeneratorPredictor) and isinstance(data, CorpusData):
+        metrics = predictor.evaluate(data.val_text, max_chars=predictor.metadata.get("eval_max_chars"))
+        return metrics[task_spec.metric]
+    raise ValueError(f"cannot score a {predictor.kind} champion on a {type(data).__name__}")
 
 
 def behaviour_report(settings: Settings, task_spec: TaskSpec, version: str) -> dict | None:
     """The challenger's behavioural checks on the validation texts (classification only)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        predictor = load_predictor(tracking.download_bundle(settings, task_spec.registered_model, version, tmp))
-        if not isinstance(predictor, ClassifierPredictor):
-            return None
-        data = load_task_data(settings, task_spec, predictor.kind)
-        return run_checks(predictor, task_spec.checks, data.val_texts)
+    predictor = tracking.load_registered(settings, task_spec.registered_model, version)
+    if not isinstance(predictor, ClassifierPredictor):
+        return None
+    data = load_task_data(settings, task_spec, predictor.kind)
+    return run_checks(predictor, task_spec.checks, data.val_texts)
 
 
 def _lock(settings: Settings, registered_model: str) -> FileLock:

@@ -276,6 +276,14 @@ def download_bundle(settings: Settings, registered_model: str, version: str, des
     return Path(local) / "artifacts" / "bundle"
 
 
+def load_registered(settings: Settings, registered_model: str, version: str):
+    """A registry version's Predictor, loaded into memory (its download is deleted afterwards)."""
+    from components.predictor import load_predictor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_predictor(download_bundle(settings, registered_model, version, tmp))
+
+
 def search_runs(settings: Settings, experiment_name: str, filter_string: str = "") -> list:
     mlflow_client = client(settings)
     experiment = mlflow_client.get_experiment_by_name(experiment_name)

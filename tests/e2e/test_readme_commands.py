@@ -135,6 +135,15 @@ def test_pipeline_on_own_data_writes_its_config_and_a_champion(own_data):
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_explain_names_the_words_behind_the_label(own_data):
+    project, _ = own_data
+    result = project.maas("explain", "-c", "own", "--top-k", "3", "--json", "goal match team coach league")
+    assert result.returncode == 0, result.stdout + result.stderr
+    [explained] = json.loads(result.stdout)
+    assert explained["label"] == "sport"
+    assert {w["word"] for w in explained["towards"]} <= set(TOPICS["sport"].split())
+
+
 def test_the_own_config_is_not_silently_replaced(own_data):
     project, _ = own_data
     before = (project.folder / "configs" / "own.yaml").read_text()
