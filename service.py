@@ -114,9 +114,8 @@ Text = _visible_text(SERVING.max_chars)
 
 def _texts(max_texts: int, description: str):
     """A list of 1..`max_texts` texts (each a `Text`), counted for the access log."""
-    return Annotated[
-        list[Text], Field(min_length=1, max_length=max_texts, description=description), AfterValidator(count_texts)
-    ]
+    size = Field(min_length=1, max_length=max_texts, description=description)
+    return Annotated[list[Text], size, AfterValidator(count_texts)]
 
 
 Texts = _texts(

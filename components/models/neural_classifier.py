@@ -54,10 +54,9 @@ from components.config import ModelSpec, TrainingSpec
 from components.data.dataset import ClassificationData
 from components.explain.occlusion import truncation_offset
 from components.models.registry import model_kind
-from components.predictor import ClassifierPredictor
+from components.models.torch_classifier import TorchClassifierPredictor
 from components.text.classifier_tokenizer import (
     TOKENIZER_FILES,
-    Tokenizer,
     encode_padded,
     fit_tokenizer,
     load_tokenizer,
@@ -173,41 +172,15 @@ def build_model(kind: str, config: Any) -> nn.Module:
 # ------------------------------------------------------------------------------------------
 # predictor
 # ------------------------------------------------------------------------------------------
-class NeuralClassifierPredictor(ClassifierPredictor):
+class NeuralClassifierPredictor(TorchClassifierPredictor):
     """Tokenizer + network + label map; ``predict_proba`` batches texts sorted by length."""
 
-    def __init__(
-        self,
-        kind: str,
-        config: dict[str, Any],
-        labels: Sequence[str],
-        tokenizer: Tokenizer,
-        model: nn.Module,
-        metadata: dict[str, Any] | None = None,
-        batch_size: int = 64,
-    ):
-        super().__init__(kind, config, labels, metadata)
-        self.tokenizer = tokenizer
-        self.model = model.eval()
-        self.batch_size = batch_size
-
-    @property
-    def on_accelerator(self) -> bool:
-        return model_device(self.model).type != "cpu"
-
-    @property
-    def max_length(self) -> int:
-        return int(self.config["max_length"])
+    default_batch_size = 64
 
     def read_until(self, text: str) -> int:
         return truncation_offset(text, lambda prefix: len(self.tokenizer.encode(prefix)), self.max_length)
 
-    @torch.no_grad()
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        texts = list(texts)
-        if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float64)
-        self.model.eval()
+    def predict_texts(self, texts: list[str]) -> np.ndarray:
         ids, lengths = encode_padded(self.tokenizer, texts, self.max_length)
         return predict_in_length_batches(
             lambda batch: self.model(*batch),

@@ -39,7 +39,7 @@ from components.config import ModelSpec, TrainingSpec
 from components.data.dataset import ClassificationData
 from components.explain.occlusion import truncation_offset
 from components.models.encoder_classifier import EncoderClassifier, FeatureHead, freeze_encoder, load_encoder
-from components.predictor import ClassifierPredictor
+from components.models.torch_classifier import TorchClassifierPredictor
 from components.training.batches import IndexBatches
 from components.training.callbacks import MetricsCallback, no_metrics
 from components.training.classifier_fit import (
@@ -154,43 +154,22 @@ CPU_INFERENCE_BATCH = 16
 ACCELERATOR_INFERENCE_BATCH = 64
 
 
-class PretrainedPredictor(ClassifierPredictor):
-    def __init__(
-        self,
-        config: dict[str, Any],
-        labels: Sequence[str],
-        tokenizer: Any,
-        model: EncoderClassifier,
-        metadata: dict[str, Any] | None = None,
-        batch_size: int | None = None,
-    ):
-        super().__init__("pretrained", config, labels, metadata)
-        self.tokenizer = tokenizer
-        self.model = model.eval()
-        self.batch_size = batch_size
-
-    @property
-    def on_accelerator(self) -> bool:
-        return model_device(self.model).type != "cpu"
+class PretrainedPredictor(TorchClassifierPredictor):
+    """A Hugging Face encoder + classification head; `batch_size` None picks a size for the device."""
 
     def read_until(self, text: str) -> int:
         # The tokenizer counts [CLS] and [SEP], as the truncation to max_length does. Counting
         # past max_length + 1 tells nothing more (and would warn about the encoder's own limit).
-        limit = int(self.config["max_length"])
+        limit = self.max_length
         return truncation_offset(
             text,
             lambda prefix: len(self.tokenizer(prefix, truncation=True, max_length=limit + 1)["input_ids"]),
             limit,
         )
 
-    @torch.no_grad()
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        texts = list(texts)
-        if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float64)
-        self.model.eval()
+    def predict_texts(self, texts: list[str]) -> np.ndarray:
         device = model_device(self.model)
-        ids, mask = tokenize(self.tokenizer, texts, int(self.config["max_length"]))
+        ids, mask = tokenize(self.tokenizer, texts, self.max_length)
         lengths = mask.sum(dim=1)
         batch_size = self.batch_size or (
             CPU_INFERENCE_BATCH if device.type == "cpu" else ACCELERATOR_INFERENCE_BATCH
@@ -226,7 +205,7 @@ class PretrainedPredictor(ClassifierPredictor):
         model = EncoderClassifier(encoder, len(manifest["labels"]), config["dropout"], config["pooling"])
         model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
         model.to(resolve_device("auto"))
-        return cls(config, manifest["labels"], tokenizer, model, manifest.get("metadata"))
+        return cls("pretrained", config, manifest["labels"], tokenizer, model, manifest.get("metadata"))
 
 
 # ------------------------------------------------------------------------------------------
@@ -316,5 +295,5 @@ def train(
         "params": params,
     }
     return PretrainedPredictor(
-        config, labels, tokenizer, model, metadata=training_summary(result, model), batch_size=eval_bs
+        "pretrained", config, labels, tokenizer, model, metadata=training_summary(result, model), batch_size=eval_bs
     )

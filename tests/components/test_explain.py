@@ -171,7 +171,7 @@ def test_the_pretrained_encoder_explains_whole_words_not_word_pieces():
         )
     )  # fmt: skip
     config = {"max_length": 12, "pooling": "mean", "dropout": 0.0}
-    predictor = PretrainedPredictor(config, ["a", "b"], tokenizer, EncoderClassifier(encoder, 2, 0.0))
+    predictor = PretrainedPredictor("pretrained", config, ["a", "b"], tokenizer, EncoderClassifier(encoder, 2, 0.0))
     text = "Tokenization unbelievably overcomplicates microeconomics, says Zyxwvut. Later words vanish here."
     assert any(piece.startswith("##") for piece in tokenizer.tokenize(text))  # pieces exist to regroup
     [item] = predictor.attribute([text])
