@@ -40,14 +40,23 @@ def _fitted(params: dict, labels: list[str]) -> Pipeline:
     return build_pipeline({**DEFAULT_PARAMS, "min_df": 1, **params}, seed=0).fit(texts, y)
 
 
-@pytest.mark.parametrize(
-    "params",
-    [
-        {"word_ngrams": [1, 1], "char_ngrams": None},  # the cheap serving baseline
-        {"word_ngrams": [1, 2], "char_ngrams": [2, 5]},  # the pipeline's default: a FeatureUnion
-        {"word_ngrams": [1, 2], "char_ngrams": None, "sublinear_tf": False},
-    ],
-)
+# The scorer must reproduce the pipeline whatever the spec says: together these cases move every
+# option of DEFAULT_PARAMS away from its default (the last one makes max_features bind).
+CASES = [
+    {"word_ngrams": [1, 1], "char_ngrams": None},  # the cheap serving baseline
+    {"word_ngrams": [1, 2], "char_ngrams": [2, 5]},  # the pipeline's default: a FeatureUnion
+    {"word_ngrams": [1, 2], "char_ngrams": None, "sublinear_tf": False},
+    {"word_ngrams": [1, 3], "char_ngrams": [3, 4], "min_df": 2, "max_features": 25, "sublinear_tf": False,
+     "C": 0.5, "max_iter": 200},
+]
+
+
+def test_the_cases_cover_every_tfidf_option():
+    """A new option in the TF-IDF spec needs a case here, or serving could compute something else."""
+    assert set().union(*CASES) == set(DEFAULT_PARAMS)
+
+
+@pytest.mark.parametrize("params", CASES)
 @pytest.mark.parametrize("labels", [sorted(WORDS), ["sport", "tech"]], ids=["3-classes", "2-classes"])
 def test_scorer_matches_scikit_learn(params, labels):
     pipeline = _fitted(params, labels)
