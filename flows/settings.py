@@ -14,6 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+class _Under:
+    """A read-only path below one of the settings' folders: `data_root = _Under("project_dir", "data")`."""
+
+    def __init__(self, folder: str, *parts: str):
+        self.folder, self.parts = folder, parts
+
+    def __get__(self, settings: Settings | None, owner: type):
+        if settings is None:  # looked up on the class itself
+            return self
+        return getattr(settings, self.folder).joinpath(*self.parts)
+
+
 @dataclass(frozen=True)
 class Settings:
     project_dir: Path
@@ -26,42 +38,17 @@ class Settings:
         return cls(project_dir=project, home=home)
 
     # -- the project (git + DVC repository) ------------------------------------------
-    @property
-    def data_root(self) -> Path:
-        return self.project_dir / "data"
-
-    @property
-    def configs_dir(self) -> Path:
-        return self.project_dir / "configs"
+    data_root = _Under("project_dir", "data")
+    configs_dir = _Under("project_dir", "configs")
 
     # -- embedded state ----------------------------------------------------------------
-    @property
-    def mlflow_db(self) -> Path:
-        return self.home / "mlflow" / "mlflow.db"
-
-    @property
-    def mlflow_artifacts(self) -> Path:
-        return self.home / "mlflow" / "artifacts"
-
-    @property
-    def prefect_home(self) -> Path:
-        return self.home / "prefect"
-
-    @property
-    def dvc_remote(self) -> Path:
-        return self.home / "dvc-remote"
-
-    @property
-    def bentoml_home(self) -> Path:
-        return self.home / "bentoml"
-
-    @property
-    def download_cache(self) -> Path:
-        return self.home / "cache" / "downloads"
-
-    @property
-    def work_dir(self) -> Path:
-        return self.home / "work"
+    mlflow_db = _Under("home", "mlflow", "mlflow.db")
+    mlflow_artifacts = _Under("home", "mlflow", "artifacts")
+    prefect_home = _Under("home", "prefect")
+    dvc_remote = _Under("home", "dvc-remote")
+    bentoml_home = _Under("home", "bentoml")
+    download_cache = _Under("home", "cache", "downloads")
+    work_dir = _Under("home", "work")
 
     @property
     def tracking_uri(self) -> str:
