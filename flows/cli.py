@@ -10,6 +10,7 @@ to the terminal with --debug). Anything else exits 1, with the same log file.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -63,6 +64,16 @@ def _setup(config: str | None = None, *, flows: bool = False):
     return settings, cfg
 
 
+def _run_flow(config: str, target: str, *args, **kwargs):
+    """Set up for flows, then run the flow `module:function` (imported only now, once MAAS_HOME is
+    applied) on the settings and this config, its runs tagged with this process."""
+    settings, cfg = _setup(config, flows=True)
+    module, name = target.split(":")
+    flow_function = getattr(importlib.import_module(module), name)
+    with _process_tags():
+        return flow_function(settings, cfg, *args, **kwargs)
+
+
 def _process_tags():
     """Tags every flow run of this command with this process, so a later start can spot it killed."""
     from prefect import tags
@@ -107,11 +118,7 @@ def pipeline(
         config = write_own_config(config, data, text_column, label_column, test_file, name, overwrite)
     elif text_column or label_column or test_file or name:
         raise UsageError("--text-column, --label-column, --test-file and --name go with --data FILE")
-    settings, cfg = _setup(config, flows=True)
-    from flows.pipeline import pipeline as pipeline_flow
-
-    with _process_tags():
-        summary = pipeline_flow(settings, cfg, config_name=config, force=force, skip_ingest=skip_ingest)
+    summary = _run_flow(config, "flows.pipeline:pipeline", config_name=config, force=force, skip_ingest=skip_ingest)
     print_summary(summary)
 
 
@@ -119,11 +126,7 @@ def pipeline(
 @handled
 def ingest(config: ConfigOption = "default") -> None:
     """Read the configured sources, validate, write data/ and version it with DVC."""
-    settings, cfg = _setup(config, flows=True)
-    from flows.ingest import ingest as ingest_flow
-
-    with _process_tags():
-        versions = ingest_flow(settings, cfg)
+    versions = _run_flow(config, "flows.ingest:ingest")
     typer.echo(json.dumps(dataclasses.asdict(versions), indent=2))
 
 
@@ -136,11 +139,7 @@ def train(
     force: Annotated[bool, typer.Option(help="Retrain even when a cached result exists.")] = False,
 ) -> None:
     """Train and register candidates on the data pinned by data.dvc (no promotion)."""
-    settings, cfg = _setup(config, flows=True)
-    from flows.pipeline import train as train_flow
-
-    with _process_tags():
-        results = train_flow(settings, cfg, config_name=config, only=candidate, nproc=nproc, force=force)
+    results = _run_flow(config, "flows.pipeline:train", config_name=config, only=candidate, nproc=nproc, force=force)
     for task_name, rows in results.items():
         for r in rows:
             typer.echo(f"{task_name}: {r['candidate']} v{r['version']} val {json.dumps(r['val'])}")
@@ -150,12 +149,9 @@ def train(
 @handled
 def promote(config: ConfigOption = "default") -> None:
     """Let the best run of the current data version challenge the champion."""
-    settings, cfg = _setup(config, flows=True)
+    decisions = _run_flow(config, "flows.pipeline:promote_current")
     from flows.leaderboard import describe_decision
-    from flows.pipeline import promote_current
 
-    with _process_tags():
-        decisions = promote_current(settings, cfg)
     for decision in decisions:
         typer.echo(describe_decision(decision))
 
@@ -264,11 +260,7 @@ def compare(
 @handled
 def build(config: ConfigOption = "default") -> None:
     """Import the champions into the BentoML store and build the Bento."""
-    settings, cfg = _setup(config, flows=True)
-    from flows.pipeline import build_bento
-
-    with _process_tags():
-        typer.echo(build_bento(settings, cfg))
+    typer.echo(_run_flow(config, "flows.pipeline:build_bento"))
 
 
 def _check_port_free(port: int, host: str, what: str) -> None:
