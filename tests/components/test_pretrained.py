@@ -40,11 +40,8 @@ SENTENCES = {
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs torch on one thread (the fixture is in conftest.py)."""
 
 
 @pytest.fixture(scope="module")
