@@ -46,9 +46,14 @@ def _requests_through(call, n: int) -> int:
     return asyncio.run(many())
 
 
+# Timers are counted over the whole process (other loops' timers may come and go meanwhile), so
+# the bars leave room: the upstream call leaves about one timer a request, the patched one none.
+REQUESTS = 50
+
+
 def test_upstream_timeout_middleware_still_leaves_its_timer_armed():
-    left = _requests_through(compat.upstream_timeout_call(), 20)
-    assert left >= 20, (
+    left = _requests_through(compat.upstream_timeout_call(), REQUESTS)
+    assert left >= 0.8 * REQUESTS, (
         f"BentoML {bentoml.__version__}'s TimeoutMiddleware now cancels its timer: "
         "delete compat.patch_timeout_middleware and its call in service.py"
     )
@@ -58,7 +63,7 @@ def test_the_patched_timeout_middleware_leaves_none():
     compat.patch_timeout_middleware()
     compat.patch_timeout_middleware()  # idempotent: the upstream call is still the one kept
     assert compat.upstream_timeout_call() is not compat._timeout_call_cancelling_its_timer
-    assert _requests_through(compat.timeout_middleware(_quick_app, 60).__class__.__call__, 20) == 0
+    assert _requests_through(compat.timeout_middleware(_quick_app, 60).__class__.__call__, REQUESTS) <= 0.2 * REQUESTS
 
 
 def test_bentoml_is_the_version_compat_was_checked_against():
