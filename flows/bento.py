@@ -19,10 +19,12 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import bentoml
+import yaml
 from bentoml.exceptions import NotFound
 
 from components.config import ServingSpec
@@ -152,20 +154,8 @@ def build_bento(project_dir: str | Path, *, labels: dict[str, Any], bentofile: s
         raise BentoBuildError(
             f"no '{CLASSIFIER_MODEL}' model in the BentoML store: import one before building"
         )
-    command = [sys.executable, "-m", "bentoml", "build", str(project_dir), "-f", str(bentofile), "-o", "tag"]
-    for key, value in sanitize_labels(labels).items():
-        command += ["--label", f"{key}={value}"]
-    for key, value in args.items():
-        command += ["--arg", f"{key}={value}"]
-    env = {**_child_env(), "BENTOML_HOME": str(bentoml_home())}
-    try:
-        result = subprocess.run(
-            command, cwd=project_dir, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BentoBuildError(
-            f"bentoml build timed out after {BUILD_TIMEOUT_S} s:\n{exc.stdout}\n{exc.stderr}"
-        ) from exc
+    with tempfile.TemporaryDirectory(prefix="maas-bento-context-") as context:
+        result = _run_build(build_context(project_dir, bentofile, Path(context)), labels, args)
     output = f"{result.stdout}\n{result.stderr}".strip()
     if result.returncode != 0:
         raise BentoBuildError(f"bentoml build failed (exit {result.returncode}):\n{output}")
@@ -173,6 +163,42 @@ def build_bento(project_dir: str | Path, *, labels: dict[str, Any], bentofile: s
     if not tags:
         raise BentoBuildError(f"bentoml build printed no Bento tag:\n{output}")
     return tags[-1]
+
+
+def build_context(project_dir: Path, bentofile: Path, context: Path) -> Path:
+    """`context` holding only the bentofile and the files its `include` patterns match.
+
+    BentoML walks its whole build context, folders included: MAAS_HOME (default `.maas/` in the
+    project, with BentoML's own build folder) would come along, and two builds at once recursed
+    into each other's folders until the path was too long.
+    """
+    spec = yaml.safe_load(bentofile.read_text()) or {}
+    for pattern in spec.get("include") or []:
+        for path in project_dir.glob(pattern):
+            if path.is_file() and "__pycache__" not in path.parts:
+                target = context / path.relative_to(project_dir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+    shutil.copy2(bentofile, context / "bentofile.yaml")
+    return context
+
+
+def _run_build(context: Path, labels: dict[str, Any], args: dict[str, str]) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "bentoml", "build", str(context), "-f", str(context / "bentofile.yaml"),
+               "-o", "tag"]
+    for key, value in sanitize_labels(labels).items():
+        command += ["--label", f"{key}={value}"]
+    for key, value in args.items():
+        command += ["--arg", f"{key}={value}"]
+    env = {**_child_env(), "BENTOML_HOME": str(bentoml_home())}
+    try:
+        return subprocess.run(
+            command, cwd=context, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BentoBuildError(
+            f"bentoml build timed out after {BUILD_TIMEOUT_S} s:\n{exc.stdout}\n{exc.stderr}"
+        ) from exc
 
 
 def _child_env() -> dict[str, str]:

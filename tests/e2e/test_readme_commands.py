@@ -246,11 +246,19 @@ def test_a_killed_pipeline_leaves_no_server_and_no_running_run(tmp_path):
 
 
 def test_two_first_runs_at_once_both_succeed(tmp_path):
-    """Two pipelines on a fresh MAAS_HOME: one sets the stores up, the other waits; then a third runs."""
+    """Two pipelines on a fresh MAAS_HOME: one sets the stores up, the other waits; then a third runs.
+
+    MAAS_HOME is the default, `.maas/` inside the project: there two Bento builds at once used to
+    walk into each other's build folders until the path was too long.
+    """
     project = new_project(tmp_path)
+    project.env.pop("MAAS_HOME")
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
     processes = [project.popen("pipeline", "-c", "tiny", log=log) for log in logs]
     for process, log in zip(processes, logs, strict=True):
         assert process.wait(600) == 0, log.read_text()[-3000:]
     third = project.maas("pipeline", "-c", "tiny")
     assert third.returncode == 0, third.stdout + third.stderr
+    bentos = project.folder / ".maas" / "bentoml" / "bentos" / "maas"
+    for source in bentos.glob("*/src"):
+        assert {p.name for p in source.iterdir() if p.is_dir()} == {"components"}

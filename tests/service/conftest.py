@@ -235,6 +235,8 @@ SECRET_FILES = {
     "data/raw.csv": f"text,label\n{SECRET},x\n",
     "logs/run.log": f"token={SECRET}\n",
     ".env": f"MAAS_API_TOKEN={SECRET}\n",
+    # A MAAS_HOME inside the project (its default) holds logs and BentoML's own build folders.
+    ".maas/logs/run.log": f"token={SECRET}\n",
 }
 
 

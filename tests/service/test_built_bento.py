@@ -52,6 +52,9 @@ def test_the_bento_carries_the_service_code_and_no_secret(built_bento):
     assert {"service.py", "compat.py", "components/predictor.py"} <= source
     assert all(name.endswith(".py") or name == "bentofile.yaml" for name in source), sorted(source)
     assert not source & set(SECRET_FILES)
+    # Not even their folders: BentoML walks its whole build context, MAAS_HOME included.
+    folders = {path.relative_to(root / "src").parts[0] for path in (root / "src").rglob("*") if path.is_dir()}
+    assert folders == {"components"}, sorted(folders)
 
 
 def test_probes_and_metrics(http):
