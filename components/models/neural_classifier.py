@@ -148,10 +148,15 @@ def init_embedding_from_ids(embedding: nn.Embedding, token_ids: Sequence[Sequenc
     co-occurrences want every word), scaled to the standard deviation of the layer's own
     initialisation; the padding row stays zero."""
     vocab_size, dim = embedding.weight.shape
-    vectors = ppmi_svd_vectors(token_ids, vocab_size, dim, window=COOCCURRENCE_WINDOW, seed=seed)
+    # A small dataset's vocabulary can be smaller than the embedding: the SVD then fills as many
+    # dimensions as it has (at most vocab_size - 1) and the others keep their random start.
+    rank = min(dim, vocab_size - 1)
+    if rank < dim:
+        log.info("PPMI-SVD fills %d of the %d embedding dimensions (vocabulary of %d)", rank, dim, vocab_size)
+    vectors = ppmi_svd_vectors(token_ids, vocab_size, rank, window=COOCCURRENCE_WINDOW, seed=seed)
     with torch.no_grad():
         scale = embedding.weight.std()
-        embedding.weight.copy_(torch.as_tensor(vectors, dtype=embedding.weight.dtype) * scale)
+        embedding.weight[:, :rank] = torch.as_tensor(vectors, dtype=embedding.weight.dtype) * scale
         if embedding.padding_idx is not None:
             embedding.weight[embedding.padding_idx].zero_()
 

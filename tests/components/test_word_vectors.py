@@ -89,3 +89,21 @@ def test_the_embedding_starts_from_the_vectors_at_its_own_scale():
     expected = ppmi_svd_vectors(vocab.encode_batch(texts), vocab.vocab_size, 8, window=5, seed=0) * scale
     expected[embedding.padding_idx] = 0
     np.testing.assert_allclose(weight, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_vocabulary_smaller_than_the_embedding_fills_what_it_can():
+    """A small dataset (here 10 words) with the default 128-wide LSTM embedding: no error, the SVD
+    fills vocab_size - 1 dimensions and the others keep the layer's random start."""
+    texts = corpus()
+    vocab = WordVocab.build(texts, min_freq=1, max_size=100)
+    dim = vocab.vocab_size + 5
+    torch.manual_seed(0)
+    model = LSTMClassifier(LSTMConfig(vocab_size=vocab.vocab_size, num_classes=2, embed_dim=dim, hidden_size=8))
+    before = model.token_embedding.weight.detach().clone()
+    init_embedding_from_ids(model.token_embedding, vocab.encode_batch(texts), seed=0)
+
+    weight = model.token_embedding.weight.detach()
+    rank = vocab.vocab_size - 1
+    rows = [i for i in range(vocab.vocab_size) if i != model.token_embedding.padding_idx]
+    assert torch.equal(weight[rows, rank:], before[rows, rank:])
+    assert not torch.equal(weight[rows, :rank], before[rows, :rank])
