@@ -115,9 +115,10 @@ def running_runs(home: Path) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def own_data(tmp_path_factory) -> tuple[Project, subprocess.CompletedProcess]:
+    """The README's own-data command with the default candidates, as a user runs it first."""
     project = new_project(tmp_path_factory.mktemp("readme"))
     result = project.maas("pipeline", "--data", "own.csv", "--text-column", "title", "--text-column", "body",
-                          "--label-column", "topic", "--name", "own", "--config", "tiny")
+                          "--label-column", "topic", "--name", "own")
     return project, result
 
 
@@ -125,7 +126,7 @@ def test_pipeline_on_own_data_writes_its_config_and_a_champion(own_data):
     project, result = own_data
     assert result.returncode == 0, result.stdout + result.stderr
     written = (project.folder / "configs" / "own.yaml").read_text()
-    assert "extends: tiny" in written and "- title\n" in written and "label_column: topic" in written
+    assert "extends: default" in written and "- title\n" in written and "label_column: topic" in written
     compared = project.maas("compare", "-c", "own", "--json")
     assert compared.returncode == 0, compared.stderr
     rows = json.loads(compared.stdout)
@@ -148,7 +149,7 @@ def test_the_own_config_is_not_silently_replaced(own_data):
     project, _ = own_data
     before = (project.folder / "configs" / "own.yaml").read_text()
     result = project.maas("pipeline", "--data", "own.csv", "--text-column", "body", "--label-column", "topic",
-                          "--name", "own", "--config", "tiny")
+                          "--name", "own")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "--overwrite" in result.stderr
     assert (project.folder / "configs" / "own.yaml").read_text() == before
