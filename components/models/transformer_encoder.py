@@ -61,8 +61,7 @@ class SelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, h, T, d)
-        y = y.transpose(1, 2).contiguous().view(B, T, D)  # (B, T, D)
-        return self.resid_dropout(self.proj(y))
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, D)))  # heads side by side: (B, T, D)
 
 
 class MLP(nn.Module):
