@@ -42,7 +42,7 @@ from components.serving.text_rules import require_visible, visible_pattern
 CLASSIFIER_MODEL = "maas-classifier"
 GENERATOR_MODEL = "maas-generator"
 NO_MODEL = "none"
-MIN_TEMPERATURE = 1e-3  # lower temperatures are clamped to this (greedy in practice, no overflow)
+MIN_TEMPERATURE = 1e-3  # lower positive temperatures are clamped to this (no overflow); 0 is greedy
 MAX_SEED = 2**32 - 1
 # A CPU classifier whose full batch takes at most this long runs on the event loop: in a worker
 # thread, a model that holds the GIL (the TF-IDF pipeline tokenises in Python) only adds GIL
@@ -305,7 +305,9 @@ class MaasService:
         max_new_tokens: Annotated[int, Field(ge=1, le=SERVING.max_new_tokens)] = min(
             100, SERVING.max_new_tokens
         ),
-        temperature: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] = 1.0,
+        temperature: Annotated[
+            float, Field(ge=0, le=100, allow_inf_nan=False, description="0: greedy (the most likely token)")
+        ] = 1.0,
         top_k: Annotated[int, Field(ge=0, le=1_000_000, description="0 disables top-k")] = 0,
         top_p: Annotated[
             float, Field(gt=0, le=1, allow_inf_nan=False, description="1 disables nucleus")
@@ -320,7 +322,7 @@ class MaasService:
             self.generator.generate,
             prompt,
             max_new_tokens=max_new_tokens,
-            temperature=max(temperature, MIN_TEMPERATURE),
+            temperature=temperature and max(temperature, MIN_TEMPERATURE),
             top_k=top_k,
             top_p=top_p,
             seed=seed,

@@ -19,8 +19,8 @@ def validate_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p
     """Raise ValueError naming the first parameter out of range."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or not temperature > 0 or temperature == float("inf"):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if not isinstance(temperature, (int, float)) or not temperature >= 0 or temperature == float("inf"):
+        raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {top_k!r}")
     if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
@@ -62,7 +62,11 @@ def make_sampler(
     generator: torch.Generator | None = None,
     banned_ids: Sequence[int] = (),
 ) -> Sampler:
-    """A function logits (B, V) → ids (B, 1). `banned_ids` are never drawn (e.g. ``<unk>``)."""
+    """A function logits (B, V) → ids (B, 1). `banned_ids` are never drawn (e.g. ``<unk>``).
+
+    Temperature 0 is greedy decoding, as LLM APIs take it: the most likely token, no randomness
+    (top-k and top-p cannot change the most likely token, so they do not matter then).
+    """
     validate_sampling(1, temperature, top_k, top_p)
     banned = list(banned_ids)
 
@@ -70,6 +74,8 @@ def make_sampler(
         if banned:
             logits = logits.clone()
             logits[:, banned] = float("-inf")
+        if temperature == 0:
+            return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
         probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)  # (B, V)
         return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
 

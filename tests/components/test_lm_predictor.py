@@ -66,6 +66,10 @@ def test_generates_the_corpus_continuation(trained):
     assert out == " be, that is"
 
 
+def test_temperature_zero_continues_the_corpus_greedily(trained):
+    assert trained.generate("to be or not to", max_new_tokens=12, temperature=0, seed=3) == " be, that is"
+
+
 def test_same_seed_same_text_different_seed_differs(trained):
     kwargs = dict(max_new_tokens=60, temperature=2.0)
     a = trained.generate("the ", seed=7, **kwargs)
@@ -83,7 +87,7 @@ def test_unknown_characters_empty_and_long_prompts(trained):
     "kwargs, name",
     [
         (dict(max_new_tokens=0), "max_new_tokens"),
-        (dict(temperature=0), "temperature"),
+        (dict(temperature=-0.5), "temperature"),
         (dict(top_k=-2), "top_k"),
         (dict(top_p=0.0), "top_p"),
     ],

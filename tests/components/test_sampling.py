@@ -15,7 +15,6 @@ from components.models.sampling import filter_logits, make_generator, make_sampl
     [
         (dict(max_new_tokens=0), "max_new_tokens"),
         (dict(max_new_tokens=2.5), "max_new_tokens"),
-        (dict(temperature=0.0), "temperature"),
         (dict(temperature=-1.0), "temperature"),
         (dict(temperature=math.nan), "temperature"),
         (dict(top_k=-1), "top_k"),
@@ -48,6 +47,13 @@ def test_top_p_keeps_the_smallest_nucleus():
     # A tiny top_p still keeps the most likely token.
     kept = torch.isfinite(filter_logits(probs.log(), 1.0, top_k=0, top_p=1e-6))
     assert kept.tolist() == [[False, True, False, False]]
+
+
+def test_temperature_zero_is_greedy_and_ignores_the_seed():
+    logits = torch.tensor([[1.0, 2.0, 1.5], [3.0, 0.0, 2.9]])
+    for seed in (0, 1, None):
+        sample = make_sampler(temperature=0, top_k=2, top_p=0.5, generator=make_generator(seed), banned_ids=[0])
+        assert sample(logits).tolist() == [[1], [2]]  # the most likely token that is not banned
 
 
 def test_low_temperature_approaches_greedy():
