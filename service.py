@@ -44,6 +44,7 @@ GENERATOR_MODEL = "maas-generator"
 NO_MODEL = "none"
 MIN_TEMPERATURE = 1e-3  # lower positive temperatures are clamped to this (no overflow); 0 is greedy
 MAX_SEED = 2**32 - 1
+MAX_STOPS, MAX_STOP_CHARS = 8, 64  # stop sequences per request, characters per stop sequence
 # A CPU classifier whose full batch takes at most this long runs on the event loop: in a worker
 # thread, a model that holds the GIL (the TF-IDF pipeline tokenises in Python) only adds GIL
 # hand-offs that stall request parsing (measured: about a quarter fewer requests/s at concurrency
@@ -313,6 +314,10 @@ class MaasService:
             float, Field(gt=0, le=1, allow_inf_nan=False, description="1 disables nucleus")
         ] = 1.0,
         seed: Annotated[int, Field(ge=0, le=MAX_SEED, description="Same seed, same text")] | None = None,
+        stop: Annotated[
+            list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]],
+            Field(max_length=MAX_STOPS, description="The text ends before the first of these it produces"),
+        ] = [],  # noqa: B006  (pydantic copies defaults; BentoML needs a plain default here)
     ) -> Generation:
         """Continue `prompt` with the generation model (404 when this Bento has none)."""
         if self.generator is None:
@@ -326,6 +331,7 @@ class MaasService:
             top_k=top_k,
             top_p=top_p,
             seed=seed,
+            stop=stop,
         )
         try:
             text = await _on_thread(self._generate_thread, run)

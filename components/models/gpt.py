@@ -17,7 +17,7 @@ embeddings are absolute, the cache only holds up to ``block_size`` positions; pa
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -231,6 +231,12 @@ class GPT(nn.Module):
         The default sampler is greedy. Contexts longer than block_size are cropped to the last
         block_size tokens. Returns (B, T + max_new_tokens).
         """
+        return torch.cat((idx, *self.stream(idx, max_new_tokens, sample, use_cache)), dim=1)
+
+    def stream(
+        self, idx: torch.Tensor, max_new_tokens: int, sample: Sampler | None = None, use_cache: bool = True
+    ) -> Iterator[torch.Tensor]:
+        """`generate`, one new token (B, 1) at a time as it is sampled: the caller may stop early."""
         sample = sample or _greedy
         block_size = self.config.block_size
         cache = self.new_cache() if use_cache else None
@@ -246,7 +252,7 @@ class GPT(nn.Module):
                 logits, _ = self(context, cache=cache)
             idx_next = sample(logits[:, -1, :].float())  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
-        return idx
+            yield idx_next
 
 
 def _greedy(logits: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,20 +184,33 @@ class LanguageModelPredictor(GeneratorPredictor):
         top_k: int = 0,
         top_p: float = 1.0,
         seed: int | None = None,
+        stop: Sequence[str] = (),
     ) -> str:
+        """The continuation of `prompt`; it ends after `max_new_tokens` tokens or before the first
+        `stop` string it produces (the stop string is not returned), whichever comes first."""
         validate_sampling(max_new_tokens, temperature, top_k, top_p)
+        stop = [s for s in stop if s]
         prompt_ids = self.tokenizer.encode(prompt)[-self.block_size :] or self._start
         device = self.device
         sample = make_sampler(
             temperature, top_k, top_p, generator=make_generator(seed, device), banned_ids=self._banned
         )
         idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
+        new: list[torch.Tensor] = []
         with attention_for_varied_shapes(device):  # the cache grows one position per step
-            out = self.model.generate(idx, max_new_tokens, sample)[0].tolist()  # (T + new,)
-        new_ids = out[len(prompt_ids) :]
+            for token in self.model.stream(idx, max_new_tokens, sample):  # (1, 1) each
+                new.append(token)
+                if stop:  # decoded each step only when there is something to look for
+                    text = self._continuation(prompt_ids, torch.cat(new, dim=1)[0].tolist())
+                    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+                    if cut >= 0:
+                        return text[:cut]
+        return self._continuation(prompt_ids, torch.cat(new, dim=1)[0].tolist() if new else [])
+
+    def _continuation(self, prompt_ids: list[int], new_ids: list[int]) -> str:
         # Decode the whole text and cut the prompt off, so that BPE pieces that join across the
         # boundary decode as they would in one text; fall back to the new ids alone.
-        full, head = self.tokenizer.decode(out), self.tokenizer.decode(prompt_ids)
+        full, head = self.tokenizer.decode(prompt_ids + new_ids), self.tokenizer.decode(prompt_ids)
         return full[len(head) :] if full.startswith(head) else self.tokenizer.decode(new_ids)
 
     def evaluate(self, text: str, max_chars: int | None = None) -> dict[str, float]:

@@ -8,7 +8,7 @@ LSTM step whatever the length of the text so far.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -93,6 +93,12 @@ class LSTMLanguageModel(nn.Module):
         ``use_cache=False`` the whole cropped text is re-run each step, for testing). Returns
         (B, T + max_new_tokens).
         """
+        return torch.cat((idx, *self.stream(idx, max_new_tokens, sample, use_cache)), dim=1)
+
+    def stream(
+        self, idx: torch.Tensor, max_new_tokens: int, sample: Sampler | None = None, use_cache: bool = True
+    ) -> Iterator[torch.Tensor]:
+        """`generate`, one new token (B, 1) at a time as it is sampled: the caller may stop early."""
         sample = sample or _greedy
         block_size = self.config.block_size
         start = max(0, idx.size(1) - block_size)  # first position the model reads
@@ -100,13 +106,13 @@ class LSTMLanguageModel(nn.Module):
         for i in range(max_new_tokens):
             idx_next = sample(logits[:, -1, :].float())  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
+            yield idx_next
             if i == max_new_tokens - 1:
                 break
             if use_cache:
                 logits, state = self.step(idx_next, state)
             else:
                 logits, _ = self.step(idx[:, start:])
-        return idx
 
 
 def _greedy(logits: torch.Tensor) -> torch.Tensor:

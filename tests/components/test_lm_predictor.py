@@ -70,6 +70,15 @@ def test_temperature_zero_continues_the_corpus_greedily(trained):
     assert trained.generate("to be or not to", max_new_tokens=12, temperature=0, seed=3) == " be, that is"
 
 
+def test_a_stop_sequence_ends_the_text_before_it(trained):
+    full = trained.generate("to be or not to", max_new_tokens=12, temperature=0)
+    assert full == " be, that is"
+    assert trained.generate("to be or not to", max_new_tokens=12, temperature=0, stop=[", t"]) == " be"
+    # The earliest of several stops wins; a stop that never appears changes nothing.
+    assert trained.generate("to be or not to", max_new_tokens=12, temperature=0, stop=["is", "e,"]) == " b"
+    assert trained.generate("to be or not to", max_new_tokens=12, temperature=0, stop=["zzz", ""]) == full
+
+
 def test_same_seed_same_text_different_seed_differs(trained):
     kwargs = dict(max_new_tokens=60, temperature=2.0)
     a = trained.generate("the ", seed=7, **kwargs)

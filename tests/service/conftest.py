@@ -68,7 +68,7 @@ def _fake_generator_class():
     class FakeGenerator(GeneratorPredictor):
         """Deterministic given a seed; refuses prompts with '\\x00' the way a char LM refuses unknown chars."""
 
-        def generate(self, prompt, max_new_tokens=100, temperature=1.0, top_k=0, top_p=1.0, seed=None):
+        def generate(self, prompt, max_new_tokens=100, temperature=1.0, top_k=0, top_p=1.0, seed=None, stop=()):
             if "\x00" in prompt:
                 raise ValueError("prompt has characters outside the vocabulary: '\\x00'")
             rng = random.Random(seed)

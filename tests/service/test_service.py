@@ -444,3 +444,16 @@ def test_generate_at_temperature_zero_is_greedy_whatever_the_seed(client):
         for seed in range(4)
     }
     assert len(texts) == 1 and next(iter(texts))
+
+
+def test_generate_stops_before_a_stop_sequence(client):
+    request = {"prompt": "the team", "max_new_tokens": 30, "temperature": 0}
+    first = client.post("/generate", json=request)
+    assert first.status_code == 200, first.text
+    full = first.json()["text"]
+    stop = full[5:8]
+    stopped = client.post("/generate", json={**request, "stop": [stop]})
+    assert stopped.status_code == 200, stopped.text
+    assert stopped.json()["text"] == full[: full.index(stop)]
+    too_many = client.post("/generate", json={**request, "stop": ["x"] * 9})
+    assert too_many.status_code == 400
