@@ -7,6 +7,7 @@ preset so it takes seconds) feeds the serve, ui and compare checks.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -16,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +64,16 @@ class Project:
         with log.open("w") as sink:
             return subprocess.Popen([MAAS, *args], cwd=self.folder, env=self.env, stdout=sink,
                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    @contextlib.contextmanager
+    def serving(self, command: str, *, log: Path) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+        """`maas <command> --port <free>` running; yields its URL, process and log; stops it after."""
+        port = free_port()
+        process = self.popen(command, "--port", str(port), log=log)
+        try:
+            yield f"http://127.0.0.1:{port}", process, log
+        finally:
+            stop(process)
 
 
 def write_topics_csv(path: Path, rows_per_class: int = 40) -> None:
@@ -157,32 +169,21 @@ def test_the_own_config_is_not_silently_replaced(own_data):
 
 def test_serve_answers_readyz_and_classifies(own_data, tmp_path):
     project, _ = own_data
-    port = free_port()
-    log = tmp_path / "serve.log"
-    process = project.popen("serve", "--port", str(port), log=log)
-    try:
-        url = f"http://127.0.0.1:{port}"
+    with project.serving("serve", log=tmp_path / "serve.log") as (url, process, log):
         deadline = time.monotonic() + 180
         while wait_for(f"{url}/readyz", process, log).status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.5)
         answer = httpx.post(f"{url}/classify", json={"texts": ["goal match team coach league win"]}, timeout=30)
         assert answer.status_code == 200, answer.text
         assert answer.json()[0]["label"] == "sport"
-    finally:
-        stop(process)
 
 
 def test_ui_answers(own_data, tmp_path):
     project, _ = own_data
-    port = free_port()
-    log = tmp_path / "ui.log"
-    process = project.popen("ui", "--port", str(port), log=log)
-    try:
-        assert wait_for(f"http://127.0.0.1:{port}/", process, log).status_code == 200
+    with project.serving("ui", log=tmp_path / "ui.log") as (url, process, log):
+        assert wait_for(f"{url}/", process, log).status_code == 200
         # Links straight to the training runs, in MLflow's model-training view (not its GenAI pages).
         assert "/runs?workflowType=machine_learning" in log.read_text()
-    finally:
-        stop(process)
 
 
 @pytest.mark.parametrize(

@@ -174,7 +174,7 @@ def test_served_bento_answers_like_the_registered_champions(smoke_run, tmp_path)
         params = {"max_new_tokens": 10, "seed": 7}
         response = httpx.post(f"{server.url}/generate", json={"prompt": "The ", **params}, timeout=60)
         assert response.status_code == 200, response.text
-        bad = httpx.post(f"{server.url}/generate", json={"prompt": "The ", "temperature": 0}, timeout=60)
+        bad = httpx.post(f"{server.url}/generate", json={"prompt": "The ", "temperature": -1}, timeout=60)
         assert bad.status_code == 400
     expected = classifier.predict(texts)
     assert [s["label"] for s in served] == [e["label"] for e in expected]
