@@ -42,7 +42,6 @@ from components.serving.text_rules import require_visible, visible_pattern
 CLASSIFIER_MODEL = "maas-classifier"
 GENERATOR_MODEL = "maas-generator"
 NO_MODEL = "none"
-MIN_TEMPERATURE = 1e-3  # lower positive temperatures are clamped to this (no overflow); 0 is greedy
 MAX_SEED = 2**32 - 1
 MAX_STOPS, MAX_STOP_CHARS = 8, 64  # stop sequences per request, characters per stop sequence
 # A CPU classifier whose full batch takes at most this long runs on the event loop: in a worker
@@ -327,7 +326,7 @@ class MaasService:
             self.generator.generate,
             prompt,
             max_new_tokens=max_new_tokens,
-            temperature=temperature and max(temperature, MIN_TEMPERATURE),
+            temperature=temperature,  # the sampler floors tiny ones (components/models/sampling.py)
             top_k=top_k,
             top_p=top_p,
             seed=seed,

@@ -26,8 +26,7 @@ from flows.terminal import (
     UsageError,
     handled,
     print_summary,
-    quiet_mlflow,
-    quiet_shutdown_noise,
+    quiet_libraries,
     route_logs,
 )
 
@@ -54,11 +53,12 @@ def _setup(config: str | None = None, *, flows: bool = False):
     if flows:
         from flows import runtime, tracking  # noqa: F401  (imports mlflow, which sets its loggers up)
 
-        quiet_mlflow()
+        quiet_libraries()
         runtime.prepare(settings, say=lambda line: typer.echo(line, err=True))
         from prefect import flow  # noqa: F401  (importing it configures Prefect's logging: route it next)
 
-        quiet_shutdown_noise()
+        quiet_libraries()  # again: Prefect's logging config has just reset its own loggers' levels
+
         route_logs(settings)
         CommandRun.started_work = True
     return settings, cfg

@@ -12,9 +12,11 @@ import atexit
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 from filelock import FileLock, Timeout
 
 from flows.prefect_server import LocalServer, free_port, start_server
@@ -78,10 +80,26 @@ def _stop_and_forget_log(server: LocalServer) -> None:
         server.log_path.unlink(missing_ok=True)
 
 
+def process_id(pid: int | None = None) -> str:
+    """`host:pid:start time`: names one process, even after its pid is reused."""
+    process = psutil.Process(pid)
+    return f"{socket.gethostname()}:{process.pid}:{process.create_time():.2f}"
+
+
+def process_alive(process: str) -> bool:
+    """Whether a `process_id()` of this host still runs (a process of another host counts as alive)."""
+    host, _, rest = process.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        return f"{psutil.Process(int(pid)).create_time():.2f}" == started
+    except psutil.Error:
+        return False
+
+
 def process_tag() -> str:
     """The Prefect tag that names this process on the flow runs it starts."""
-    from flows.tracking import process_id
-
     return PROCESS_TAG_PREFIX + process_id()
 
 
@@ -91,8 +109,6 @@ def close_orphaned_flow_runs() -> list[str]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
     from prefect.states import Crashed
-
-    from flows.tracking import process_alive
 
     running = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])))
     closed = []

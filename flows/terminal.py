@@ -127,17 +127,13 @@ def route_logs(settings) -> None:
         warnings_log.addHandler(handler)
 
 
-def quiet_mlflow() -> None:
+def quiet_libraries() -> None:
     """MLflow's own INFO lines ("Creating initial MLflow database tables", "Created version '3'") repeat
-    what the flow's log says."""
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def quiet_shutdown_noise() -> None:
-    """Prefect's server client logs CancelledError tracebacks when the process exits: hide them."""
-    for name in ("uvicorn.error", "prefect._internal.concurrency", "prefect.events.clients"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    what the flow's log says; Prefect's client logs CancelledError tracebacks when the process exits."""
+    levels = {"mlflow": logging.WARNING, "alembic": logging.WARNING, "uvicorn.error": logging.CRITICAL,
+              "prefect._internal.concurrency": logging.CRITICAL, "prefect.events.clients": logging.CRITICAL}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def print_summary(summary: dict) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import psutil
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from flows.runtime import process_alive, process_id
 from flows.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -189,24 +188,6 @@ def register_model(settings: Settings, model_uri: str, registered_model: str, ta
 
 def end_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
     client(settings).set_terminated(run_id, status)
-
-
-def process_id(pid: int | None = None) -> str:
-    """`host:pid:start time`: names one process, even after its pid is reused."""
-    process = psutil.Process(pid)
-    return f"{socket.gethostname()}:{process.pid}:{process.create_time():.2f}"
-
-
-def process_alive(process: str) -> bool:
-    """Whether a `process_id()` of this host still runs (a process of another host counts as alive)."""
-    host, _, rest = process.partition(":")
-    pid, _, started = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True
-    try:
-        return f"{psutil.Process(int(pid)).create_time():.2f}" == started
-    except psutil.Error:
-        return False
 
 
 def close_orphaned_runs(settings: Settings) -> list[str]:

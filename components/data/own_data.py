@@ -12,16 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from components.config import ConfigError
-from components.data.sources import parse_jsonl_line
+from components.data.sources import detect_format, parse_jsonl_line
 
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = ("csv", "jsonl", "parquet")  # the table formats a source reads by suffix (detect_format)
 _NAME = re.compile(r"[^a-z0-9_-]+")
 
 
 def data_format(path: Path) -> str:
     """csv, jsonl or parquet, from the suffix; a clear error for anything else."""
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None:
+    try:
+        fmt = detect_format(path)
+    except ValueError:
+        fmt = None
+    if fmt not in FORMATS:
         raise ConfigError(f"{path}: cannot read a '{path.suffix}' file; --data takes .csv, .jsonl or .parquet")
     return fmt
 

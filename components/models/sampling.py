@@ -13,6 +13,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 Sampler = Callable[[torch.Tensor], torch.Tensor]
+# Positive temperatures below this are computed as this: dividing logits by a far smaller one
+# overflows to inf and the softmax to NaN. Greedy in practice; 0 is greedy by definition.
+MIN_TEMPERATURE = 1e-3
 
 
 def validate_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
@@ -76,7 +79,7 @@ def make_sampler(
             logits[:, banned] = float("-inf")
         if temperature == 0:
             return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-        probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)  # (B, V)
+        probs = torch.softmax(filter_logits(logits, max(temperature, MIN_TEMPERATURE), top_k, top_p), dim=-1)
         return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
 
     return sample
