@@ -146,6 +146,8 @@ def test_pipeline_on_own_data_writes_its_config_and_a_champion(own_data):
     assert "maas serve" in result.stdout  # the summary says where to look next
     assert "Finished in state Completed()" in result.stderr  # the flow's log reaches the terminal
     assert "Traceback" not in result.stdout + result.stderr
+    # No noise a user cannot act on: MLflow's signature warnings, Hugging Face's per-file bars.
+    assert "UserWarning" not in result.stderr and "Loading weights" not in result.stderr
 
 
 def test_explain_names_the_words_behind_the_label(own_data):
