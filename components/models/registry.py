@@ -89,6 +89,15 @@ KINDS: dict[str, ModelKind] = {
             predictor="components.models.lm_predictor:LanguageModelPredictor",
             config="components.models.gpt:GPTConfig",
             network="components.models.gpt:GPT",
+        ModelKind(
+            "ensemble",
+            "classification",
+            # Built from trained candidates by the pipeline (flows/ensemble.py); the trainer only refuses.
+            trainer="components.models.ensemble:train",
+            predictor="components.models.ensemble:EnsemblePredictor",
+            # Its own code is numpy; a member that needs torch imports it when that member loads.
+            needs_torch=False,
+        ),
         ),
         ModelKind(
             "lstm_lm",
