@@ -107,6 +107,8 @@ class TrainingSpec(_Spec):
     compile: bool = False
     max_length: int = 256
     num_threads: int | None = None
+    # "balanced" weights each class's loss by n_rows / (n_classes * its rows): rare classes count more.
+    class_weight: Literal["none", "balanced"] = "none"
 
 
 class ModelSpec(_Spec):

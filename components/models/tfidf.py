@@ -37,7 +37,11 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "sublinear_tf": True,
     "C": 10.0,
     "max_iter": 1000,
+    # "balanced" weights each class by n_rows / (n_classes * its rows) in the loss, as
+    # training.class_weight does for the torch classifiers; "none" weighs every row alike.
+    "class_weight": "none",
 }
+CLASS_WEIGHTS = {"none": None, "balanced": "balanced"}  # our spelling -> LogisticRegression's
 
 
 def build_pipeline(params: dict[str, Any], seed: int) -> Pipeline:
@@ -67,7 +71,11 @@ def build_pipeline(params: dict[str, Any], seed: int) -> Pipeline:
                 ),
             )
         )
-    classifier = LogisticRegression(C=params["C"], max_iter=params["max_iter"], random_state=seed)
+    if params["class_weight"] not in CLASS_WEIGHTS:
+        raise ValueError(f"tfidf_logreg param class_weight must be one of {sorted(CLASS_WEIGHTS)}, "
+                         f"got {params['class_weight']!r}")
+    classifier = LogisticRegression(C=params["C"], max_iter=params["max_iter"], random_state=seed,
+                                    class_weight=CLASS_WEIGHTS[params["class_weight"]])
     # One branch goes in directly: FeatureUnion's parallel wrapper and sparse stacking cost about
     # 0.5 ms per predict call, which a server answering small batches pays on every batch.
     features_step = features[0][1] if len(features) == 1 else FeatureUnion(features)

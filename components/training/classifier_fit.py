@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from sklearn.utils.class_weight import compute_class_weight
 
 from components.config import TrainingSpec
 from components.data.dataset import ClassificationData
@@ -33,6 +35,7 @@ class ClassifierRun:
     ckpt_dir: Path | None
     fingerprint: str
     resume: bool  # a checkpoint of this very run (same data, params, code) is there to resume
+    class_weights: torch.Tensor | None = None  # per label, in `labels` order; None: every class weighs 1
 
     def label_ids(self, labels) -> torch.Tensor:
         index = {label: i for i, label in enumerate(self.labels)}
@@ -48,17 +51,30 @@ def start_run(kind: str, params: dict[str, Any], identity: tuple, spec: Training
         data_fingerprint(data),
     )
     resume = ckpt_dir is not None and resumable_checkpoint(ckpt_dir, fingerprint)
-    return ClassifierRun(list(data.labels), ckpt_dir, fingerprint, resume)
+    labels = list(data.labels)
+    return ClassifierRun(labels, ckpt_dir, fingerprint, resume, loss_class_weights(spec, labels, data.train_labels))
+
+
+def loss_class_weights(spec: TrainingSpec, labels: list[str], train_labels) -> torch.Tensor | None:
+    """The cross-entropy's per-class weights for `spec.class_weight` (scikit-learn's "balanced" rule)."""
+    if spec.class_weight == "none":
+        return None
+    present = sorted(set(train_labels))
+    weights = dict(zip(present, compute_class_weight("balanced", classes=np.array(present), y=np.array(train_labels)),
+                       strict=True))
+    # A label with no training row gets weight 1: it cannot be balanced, and 0 would hide it.
+    return torch.tensor([weights.get(label, 1.0) for label in labels], dtype=torch.float32)
 
 
 def fit_classifier(model: nn.Module, batches, evaluate, spec: TrainingSpec, params: dict[str, Any],
                    run: ClassifierRun, on_metrics: MetricsCallback, extra: dict[str, Any],
                    param_groups=None) -> FitResult:
     """The fit loop with cross-entropy, the configured monitor and the run's checkpoints."""
+    loss = cross_entropy_loss if run.class_weights is None else partial(cross_entropy_loss, weight=run.class_weights)
     return fit(
         model,
         batches,
-        cross_entropy_loss,
+        loss,
         spec,
         evaluate=evaluate,
         monitor=params["monitor"],
@@ -70,10 +86,12 @@ def fit_classifier(model: nn.Module, batches, evaluate, spec: TrainingSpec, para
     )
 
 
-def cross_entropy_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """The fit loop's `loss_fn` for a batch of (*inputs, targets)."""
+def cross_entropy_loss(model: nn.Module, batch: tuple[torch.Tensor, ...],
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The fit loop's `loss_fn` for a batch of (*inputs, targets); `weight` per class, as F.cross_entropy takes it."""
     *inputs, targets = batch
-    return F.cross_entropy(model(*inputs), targets)
+    logits = model(*inputs)
+    return F.cross_entropy(logits, targets, weight=None if weight is None else weight.to(logits.device))
 
 
 def classification_evaluator(

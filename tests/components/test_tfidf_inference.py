@@ -47,7 +47,7 @@ CASES = [
     {"word_ngrams": [1, 2], "char_ngrams": [2, 5]},  # the pipeline's default: a FeatureUnion
     {"word_ngrams": [1, 2], "char_ngrams": None, "sublinear_tf": False},
     {"word_ngrams": [1, 3], "char_ngrams": [3, 4], "min_df": 2, "max_features": 25, "sublinear_tf": False,
-     "C": 0.5, "max_iter": 200},
+     "C": 0.5, "max_iter": 200, "class_weight": "balanced"},
 ]
 
 
