@@ -83,6 +83,13 @@ KINDS: dict[str, ModelKind] = {
             predictor="components.models.pretrained:PretrainedPredictor",
         ),
         ModelKind(
+            "hashing_sgd",
+            "classification",
+            trainer="components.models.streaming_linear:train",
+            predictor="components.models.streaming_linear:HashingSGDPredictor",
+            needs_torch=False,
+        ),
+        ModelKind(
             "gpt",
             "generation",
             trainer="components.models.lm_predictor:train",
