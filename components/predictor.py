@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -116,12 +116,82 @@ class ClassifierPredictor(Predictor):
 
 
 class GeneratorPredictor(Predictor):
+    """A text generator. A kind implements `stream`; `generate` is its joined text."""
+
     task: ClassVar[str] = "generation"
 
     @abstractmethod
-    def generate(self, prompt: str, **sampling: Any) -> str:
-        """Continue `prompt`; returns only the new text. `sampling`: max_new_tokens, temperature,
-        top_k, top_p and seed (the same seed gives the same text)."""
+    def stream(
+        self,
+        prompt: str,
+        max_new_tokens: int = 100,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> Iterator[str]:
+        """The continuation of `prompt` (never the prompt itself), in pieces as tokens are produced.
+
+        Bad arguments raise ValueError from this call, before any piece. The text ends after
+        `max_new_tokens` tokens or before the first `stop` string it produces (see `cut_at_stops`);
+        the same seed gives the same pieces. Closing the iterator stops all further computation.
+        """
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 100,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> str:
+        """The whole continuation at once: exactly ``"".join(stream(...))`` for the same arguments."""
+        return "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, seed, stop))
+
+
+def cut_at_stops(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
+    """`pieces` up to (not including) the first occurrence of any of `stops` in their joined text.
+
+    A tail that could be the start of a stop string is held back until the next pieces show it
+    is not one, so a stop string is never partly yielded. On a stop, or when the consumer closes
+    this iterator, `pieces` is closed too, so whatever produces them stops computing.
+    """
+    stops = [s for s in stops if s]
+    try:
+        if not stops:
+            yield from pieces
+            return
+        pending = ""  # text received but not yet yielded: it may begin a stop string
+        for piece in pieces:
+            pending += piece
+            found = [i for i in (pending.find(s) for s in stops) if i >= 0]
+            if found:
+                if min(found) > 0:
+                    yield pending[: min(found)]
+                return
+            held = _stop_prefix_length(pending, stops)
+            if held < len(pending):
+                yield pending[: len(pending) - held]
+                pending = pending[len(pending) - held :]
+        if pending:
+            yield pending
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+
+
+def _stop_prefix_length(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest end of `text` that is the beginning of a stop string."""
+    longest = min(len(text), max(len(s) for s in stops) - 1)
+    for n in range(longest, 0, -1):
+        tail = text[-n:]
+        if any(s.startswith(tail) for s in stops):
+            return n
+    return 0
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:

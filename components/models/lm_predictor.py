@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,8 @@ from components.config import ModelSpec
 from components.data.dataset import CorpusData
 from components.evaluation.language_model import evaluate_text
 from components.models.registry import KINDS, model_kind
-from components.models.sampling import make_generator, make_sampler, validate_sampling
-from components.predictor import GeneratorPredictor
+from components.models.sampling import Sampler, make_generator, make_sampler, validate_sampling
+from components.predictor import GeneratorPredictor, cut_at_stops
 from components.text.char_tokenizer import CharTokenizer
 from components.training import distributed
 from components.training.callbacks import MetricsCallback, no_metrics
@@ -175,8 +175,7 @@ class LanguageModelPredictor(GeneratorPredictor):
         ids = [i for i in self.tokenizer.encode("\n") if i not in self._banned]
         return ids or [0]
 
-    @torch.inference_mode()
-    def generate(
+    def stream(
         self,
         prompt: str,
         max_new_tokens: int = 100,
@@ -185,27 +184,41 @@ class LanguageModelPredictor(GeneratorPredictor):
         top_p: float = 1.0,
         seed: int | None = None,
         stop: Sequence[str] = (),
-    ) -> str:
-        """The continuation of `prompt`; it ends after `max_new_tokens` tokens or before the first
-        `stop` string it produces (the stop string is not returned), whichever comes first."""
-        validate_sampling(max_new_tokens, temperature, top_k, top_p)
-        stop = [s for s in stop if s]
+    ) -> Iterator[str]:
+        """The continuation of `prompt` in pieces, one per token that completes text (see
+        `GeneratorPredictor.stream`); the GPT decodes with its KV cache, the LSTM carries its state."""
+        validate_sampling(max_new_tokens, temperature, top_k, top_p)  # raises now, before any piece
         prompt_ids = self.tokenizer.encode(prompt)[-self.block_size :] or self._start
-        device = self.device
         sample = make_sampler(
-            temperature, top_k, top_p, generator=make_generator(seed, device), banned_ids=self._banned
+            temperature, top_k, top_p, generator=make_generator(seed, self.device), banned_ids=self._banned
         )
+        return cut_at_stops(self._pieces(prompt_ids, max_new_tokens, sample), stop)
+
+    def _pieces(self, prompt_ids: list[int], max_new_tokens: int, sample: Sampler) -> Iterator[str]:
+        """The new text, yielded as each token extends it."""
+        device = self.device
         idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
-        new: list[torch.Tensor] = []
-        with attention_for_varied_shapes(device):  # the cache grows one position per step
-            for token in self.model.stream(idx, max_new_tokens, sample):  # (1, 1) each
-                new.append(token)
-                if stop:  # decoded each step only when there is something to look for
-                    text = self._continuation(prompt_ids, torch.cat(new, dim=1)[0].tolist())
-                    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-                    if cut >= 0:
-                        return text[:cut]
-        return self._continuation(prompt_ids, torch.cat(new, dim=1)[0].tolist() if new else [])
+        tokens = self.model.stream(idx, max_new_tokens, sample)  # (1, 1) each
+        new_ids: list[int] = []
+        sent = ""
+        try:
+            while True:
+                # The contexts are entered per step, not across the yield: they are thread-local
+                # (inference mode) or global (the attention kernels), and the consumer runs between steps.
+                with torch.inference_mode(), attention_for_varied_shapes(device):
+                    token = next(tokens, None)
+                if token is None:
+                    break
+                new_ids.append(int(token[0, 0]))
+                text = self._continuation(prompt_ids, new_ids)
+                # A byte-level BPE token can end inside a multi-byte character, which decodes as
+                # U+FFFD until the next token completes it: hold that back, and text not yet stable.
+                ready = text.rstrip("\ufffd") if len(new_ids) < max_new_tokens else text
+                if ready.startswith(sent) and len(ready) > len(sent):
+                    yield ready[len(sent) :]
+                    sent = ready
+        finally:
+            tokens.close()
 
     def _continuation(self, prompt_ids: list[int], new_ids: list[int]) -> str:
         # Decode the whole text and cut the prompt off, so that BPE pieces that join across the

@@ -79,6 +79,50 @@ def test_a_stop_sequence_ends_the_text_before_it(trained):
     assert trained.generate("to be or not to", max_new_tokens=12, temperature=0, stop=["zzz", ""]) == full
 
 
+def test_stream_joins_to_generate_one_piece_per_character(trained):
+    kwargs = dict(max_new_tokens=40, temperature=1.5, top_k=20, seed=11)
+    pieces = list(trained.stream("to be", **kwargs))
+    assert "".join(pieces) == trained.generate("to be", **kwargs)
+    assert len(pieces) == 40  # one character per token: each arrives as it is sampled
+    stopped = list(trained.stream("to be or not to", max_new_tokens=12, temperature=0, stop=[", t"]))
+    assert "".join(stopped) == " be"
+
+
+def test_stream_never_yields_part_of_a_stop_string(trained):
+    # The text goes on " be, that is": ", tha" is held back as the possible start of ", thaX"
+    # and released with the "t" that shows it is not; nothing is lost.
+    pieces = list(trained.stream("to be or not to", max_new_tokens=12, temperature=0, stop=[", thaX"]))
+    assert pieces == [" ", "b", "e", ", that", " ", "i", "s"]
+
+
+def count_forward_calls(predictor: LanguageModelPredictor) -> list[int]:
+    """A list whose length is the number of model steps run since (one output head call each)."""
+    calls: list[int] = []
+    predictor.model.lm_head.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_closing_the_stream_stops_computing(trained):
+    calls = count_forward_calls(trained)
+    stream = trained.stream("the ", max_new_tokens=100, temperature=1.0, seed=0)
+    assert calls == []  # nothing runs before the first piece is asked for
+    for _ in range(3):
+        next(stream)
+    stream.close()
+    assert len(calls) == 3  # one step per piece taken, none after
+
+
+def test_a_stop_string_computes_no_further_token(trained):
+    calls = count_forward_calls(trained)
+    assert trained.generate("to be or not to", max_new_tokens=12, temperature=0, stop=[", t"]) == " be"
+    assert len(calls) == len(" be, t")
+
+
+def test_bad_parameters_raise_when_the_stream_is_asked_for(trained):
+    with pytest.raises(ValueError, match="temperature"):
+        trained.stream("the", temperature=-1)  # not iterated: the error comes before any piece
+
+
 def test_same_seed_same_text_different_seed_differs(trained):
     kwargs = dict(max_new_tokens=60, temperature=2.0)
     a = trained.generate("the ", seed=7, **kwargs)
