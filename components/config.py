@@ -158,6 +158,16 @@ class SweepSpec(_Spec):
     space: dict[str, list[Any] | ParamRange]
 
 
+class SizeRule(_Spec):
+    """Which candidates a dataset's size admits (components/models/size_rule.py applies it)."""
+
+    # Above this many training rows the in-memory kinds are skipped, at or below it the
+    # streaming kinds; null turns the rule off (every candidate trains).
+    streaming_above_rows: int | None = Field(200_000, ge=0)
+    in_memory_kinds: list[str] = Field(default_factory=lambda: ["tfidf_logreg"])
+    streaming_kinds: list[str] = Field(default_factory=lambda: ["hashing_sgd"])
+
+
 class TaskSpec(_Spec):
     """The candidates trained on one dataset and the registered model they compete for."""
 
@@ -172,6 +182,7 @@ class TaskSpec(_Spec):
     checks: BehaviouralChecks = Field(default_factory=BehaviouralChecks)
     # candidate name -> its search space, for `maas sweep`.
     sweeps: dict[str, SweepSpec] = Field(default_factory=dict)
+    size_rule: SizeRule = Field(default_factory=SizeRule)
 
 
 class ServingSpec(_Spec):

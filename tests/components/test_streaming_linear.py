@@ -1,4 +1,4 @@
-"""The out-of-core hashed TF-IDF + SGD baseline: learning, chunk independence, streamed idf, bundle."""
+"""The out-of-core hashed TF-IDF + SGD baseline (learning, chunk independence, streamed idf, bundle) and the size rule."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 from sklearn.feature_extraction.text import TfidfTransformer
 
-from components.config import ModelSpec
+from components.config import ModelSpec, SizeRule, TaskSpec, load_config
 from components.data.dataset import ClassificationData
 from components.models import streaming_linear as sl
+from components.models.size_rule import admitted
 from components.predictor import load_predictor
 
 TOPICS = {
@@ -108,3 +109,31 @@ def test_bad_params_and_single_label_are_clear_errors(data, tmp_path):
     one_label = ClassificationData(["a b", "c d"], ["x", "x"], [], [], [], [], ["x"])
     with pytest.raises(ValueError, match="one label only"):
         sl.train(_spec(), one_label, tmp_path)
+
+
+def _candidates() -> list[ModelSpec]:
+    return [ModelSpec(name="tfidf", kind="tfidf_logreg"), ModelSpec(name="hashed", kind="hashing_sgd"),
+            ModelSpec(name="lstm", kind="lstm")]
+
+
+def test_size_rule_picks_the_in_memory_baseline_below_the_threshold_and_the_streaming_one_above():
+    rule = TaskSpec(dataset="d", registered_model="m", candidates=_candidates()).size_rule
+    small, skipped_small = admitted(_candidates(), 200_000, rule)
+    large, skipped_large = admitted(_candidates(), 200_001, rule)
+    assert [c.name for c in small] == ["tfidf", "lstm"] and list(skipped_small) == ["hashed"]
+    assert [c.name for c in large] == ["hashed", "lstm"] and list(skipped_large) == ["tfidf"]
+    assert "200001 training rows > size_rule.streaming_above_rows 200000" in skipped_large["tfidf"]
+
+
+def test_the_config_overrides_the_size_rule(tmp_path):
+    config = tmp_path / "big.yaml"
+    config.write_text(
+        "datasets: [{name: d, source: {kind: path, path: x.csv}}]\n"
+        "classification:\n  dataset: d\n  registered_model: m\n"
+        "  candidates: {tfidf: {kind: tfidf_logreg}, hashed: {kind: hashing_sgd}}\n"
+        "  size_rule: {streaming_above_rows: 1000}\n"
+    )
+    rule = load_config(config).classification.size_rule
+    assert [c.name for c in admitted(_candidates(), 5000, rule)[0]] == ["hashed", "lstm"]
+    off = SizeRule(streaming_above_rows=None)
+    assert admitted(_candidates(), 10**9, off) == (_candidates(), {})
