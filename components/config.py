@@ -83,6 +83,13 @@ class DatasetSpec(_Spec):
     # Rows cleaning drops (empty, too short, duplicate): "error" fails the ingest listing them,
     # "warn" drops them with a warning and lists them in the manifest.
     row_issues: Literal["error", "warn"] = "error"
+    # Streaming ingestion (bounded memory, Parquet shards, hash split; classification only):
+    # "auto" streams a source larger than stream_above_bytes, so small ones keep the in-memory
+    # path and its exact output; true/false force it.
+    streaming: bool | Literal["auto"] = "auto"
+    stream_above_bytes: int = Field(64_000_000, ge=0)
+    chunk_rows: int = Field(10_000, ge=1)
+    shard_rows: int = Field(200_000, ge=1)
 
 
 class TrainingSpec(_Spec):

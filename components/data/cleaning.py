@@ -18,6 +18,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from components.config import Task
@@ -67,7 +68,7 @@ def normalize_frame(frame: pd.DataFrame, task: Task) -> pd.DataFrame:
 def drop_short(frame: pd.DataFrame, min_chars: int) -> tuple[pd.DataFrame, int]:
     """Drop rows whose text is blank or shorter than ``min_chars`` characters."""
     keep = [isinstance(t, str) and bool(t.strip()) and len(t) >= min_chars for t in frame[TEXT]]
-    kept = frame[keep]
+    kept = frame[_mask(keep)]
     return kept, len(frame) - len(kept)
 
 
@@ -83,8 +84,13 @@ def drop_duplicates(frame: pd.DataFrame, seen: dict[str, RowRef] | None = None) 
     for text, where in zip(frame[TEXT], source_rows(frame), strict=True):
         keep.append(text not in seen)
         seen.setdefault(text, where)
-    kept = frame[keep]
+    kept = frame[_mask(keep)]
     return kept, len(frame) - len(kept)
+
+
+def _mask(keep: list[bool]) -> np.ndarray:
+    # A plain empty list would select no columns rather than no rows (a chunk of dropped rows).
+    return np.asarray(keep, dtype=bool)
 
 
 def source_rows(frame: pd.DataFrame) -> list[RowRef]:

@@ -44,6 +44,7 @@ def decode_lines(
     encoding: str | None = None,
     errors: Literal["reject", "replace", "cp1252"] = "reject",
     repaired: list[RowIssue] | None = None,
+    first_line: int = 1,
 ) -> str:
     """Bytes of a text file (CSV, JSONL, text) to str, never re-decoding valid lines.
 
@@ -52,6 +53,7 @@ def decode_lines(
     UTF-8 raises a ``DataValidationError`` naming the line and the byte offset of its first
     bad byte (``errors="reject"``), or only that line is repaired (``"replace"``: U+FFFD per
     bad byte; ``"cp1252"``: the line decoded as Windows-1252) and appended to ``repaired``.
+        ``first_line`` numbers ``data``'s first line when it is a piece of a file read in chunks.
     """
     if encoding is not None:
         if codecs.lookup(encoding).name == "utf-8":
@@ -73,7 +75,7 @@ def decode_lines(
         pass  # some line is bad: find it; UTF-8 never spans a newline, so lines decode alone
     parts: list[str] = []
     offset = start
-    for number, line in enumerate(data[start:].splitlines(keepends=True), start=1):
+    for number, line in enumerate(data[start:].splitlines(keepends=True), start=first_line):
         try:
             parts.append(line.decode("utf-8"))
         except UnicodeDecodeError as error:

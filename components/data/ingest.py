@@ -13,6 +13,10 @@ the same source twice therefore gives the same bytes and the same data version.
 Every row cleaning drops and every line repaired under ``encoding_errors`` is reported by
 file and row, in the log and in the manifest (``dropped_rows``, ``repaired_rows``). A
 dropped row fails the ingest unless the dataset says ``row_issues: warn``.
+
+A large classification source is streamed instead (:func:`ingest_streaming`, chosen by
+:func:`should_stream` from ``DatasetSpec.streaming`` and the source's size): the same
+cleaning, checks and reports in bounded memory, Parquet shards, and a hash split.
 """
 
 from __future__ import annotations
@@ -32,16 +36,28 @@ import pandas as pd
 
 from components.config import DatasetSpec, SourceSpec
 from components.data.cleaning import Dropped, clean, downsample
-from components.data.dataset import CORPUS_SPLITS, MANIFEST_FILE, SPLITS
+from components.data.dataset import CORPUS_SPLITS, MANIFEST_FILE, SHARDS_LAYOUT, SPLITS
 from components.data.locations import describe_source, redact_url
 from components.data.rows import LABEL, TEXT, RowIssue, RowRef
-from components.data.sources import read_source, read_split_files
+from components.data.sources import (
+    STREAMABLE_FORMATS,
+    STREAMABLE_KINDS,
+    detect_format,
+    iter_source_chunks,
+    read_source,
+    read_split_files,
+    source_bytes,
+    source_file,
+    split_file_path,
+)
 from components.data.splitting import join_corpus, split_classification, split_corpus
+from components.data.streaming import Mapper, chunk_dir, class_counts, plan, run_chunks, stream_chunks, write_shards
 from components.data.validation import (
     check_has_rows,
     check_labels,
     check_row_issues,
     check_schema,
+    validate_class_counts,
     validate_classification,
     validate_corpus,
 )
@@ -56,14 +72,19 @@ CORPUS_SCHEMA = {TEXT: "string"}
 _LATER_SOURCE_FIELDS = ("encoding", "encoding_errors")
 
 
-def ingest_dataset(spec: DatasetSpec, data_root: Path, *, cache_dir: Path, base_dir: Path) -> dict:
+def ingest_dataset(
+    spec: DatasetSpec, data_root: Path, *, cache_dir: Path, base_dir: Path, map_chunks: Mapper | None = None
+) -> dict:
     """Build ``data_root/<spec.name>/`` from ``spec.source`` and return its manifest.
 
     ``base_dir`` resolves relative source paths (the project root); ``cache_dir`` keeps
     URL downloads. Raises :class:`~components.data.validation.DataValidationError` (or
-    a reading error) without touching the existing folder.
+    a reading error) without touching the existing folder. ``map_chunks`` (like the
+    builtin ``map``, in order) runs a streamed ingest's chunk work, e.g. on a cluster.
     """
     data_root = Path(data_root)
+    if should_stream(spec, base_dir=base_dir, cache_dir=cache_dir):
+        return ingest_streaming(spec, data_root, cache_dir=cache_dir, base_dir=base_dir, map_chunks=map_chunks)
     labelled = spec.task == "classification"
     origin = describe_source(spec.source)
     log.info("ingesting '%s' (%s) from %s", spec.name, spec.task, origin)
@@ -125,10 +146,84 @@ def ingest_dataset(spec: DatasetSpec, data_root: Path, *, cache_dir: Path, base_
     return manifest
 
 
+# --------------------------------------------------------------------------- streaming
+
+
+def should_stream(spec: DatasetSpec, *, base_dir: Path, cache_dir: Path) -> bool:
+    """``streaming: true/false`` as set; ``auto`` streams a streamable source above ``stream_above_bytes``."""
+    if spec.streaming is False:
+        return False
+    reason = _why_not_streamable(spec)
+    if reason and spec.streaming is True:
+        raise ValueError(f"dataset '{spec.name}' sets `streaming: true`, but {reason}")
+    if reason:
+        return False
+    path = source_file(spec.source, base_dir=Path(base_dir), cache_dir=Path(cache_dir))
+    fmt = detect_format(path, spec.source.format)
+    if fmt not in STREAMABLE_FORMATS or (fmt == "csv" and spec.source.encoding_errors != "reject"):
+        if spec.streaming is True:
+            return True  # the chunked reader names the problem
+        return False
+    return spec.streaming is True or source_bytes(path) > spec.stream_above_bytes
+
+
+def _why_not_streamable(spec: DatasetSpec) -> str | None:
+    if spec.task != "classification":
+        return "only classification datasets stream (a corpus is cut from one joined text)"
+    if spec.source.kind not in STREAMABLE_KINDS:
+        return f"source kind '{spec.source.kind}' is read whole (streamed kinds: {list(STREAMABLE_KINDS)})"
+    return None
+
+
+def ingest_streaming(
+    spec: DatasetSpec, data_root: Path, *, cache_dir: Path, base_dir: Path, map_chunks: Mapper | None = None
+) -> dict:
+    """:func:`ingest_dataset` in bounded memory: chunks, digests, a hash split, Parquet shards."""
+    data_root, base_dir, cache_dir = Path(data_root), Path(base_dir), Path(cache_dir)
+    origin = describe_source(spec.source)
+    log.info("streaming '%s' from %s in chunks of %d rows", spec.name, origin, spec.chunk_rows)
+    _check_pinned_splits(spec, spec.source.split_files)
+    repaired: list[RowIssue] = []
+    chunks = partial(iter_source_chunks, chunk_rows=spec.chunk_rows, repaired=repaired)
+    pinned = {
+        split: chunks(split_file_path(location, base_dir=base_dir, cache_dir=cache_dir), spec.source, infer_format=True)
+        for split, location in spec.source.split_files.items()
+    }
+    source = chunks(source_file(spec.source, base_dir=base_dir, cache_dir=cache_dir), spec.source)
+    data_root.mkdir(parents=True, exist_ok=True)
+    with chunk_dir(data_root, spec.name) as work:
+        results = run_chunks(stream_chunks(pinned, source), spec, Path(work), map_chunks)
+        check_has_rows(sum(r.read for r in results if r.split is None), origin)
+        planned = plan(results, spec)
+        _log_dropped_rows(spec, planned.dropped.rows)
+        log.info("read %d rows; dropped %d empty or short rows and %d duplicates; sampled out %d",
+                 planned.read, planned.dropped.empty, planned.dropped.duplicates, planned.dropped.sampled_out)
+        validate_class_counts(planned.per_class)
+        counts = class_counts(planned)
+        log.info("rows per split %s", counts["rows"])
+        manifest = build_manifest(spec, counts=counts, dropped=planned.dropped, labels=planned.labels,
+                                  repaired=repaired)
+
+        def write_all(folder: Path) -> None:
+            shards = write_shards(results, planned, folder, spec.shard_rows)
+            manifest.update(
+                layout=SHARDS_LAYOUT,
+                shards=shards,
+                shard_rows=spec.shard_rows,
+                split_method="per label, rows ranked by a seeded hash of their text",
+                files=sorted([shard["file"] for split in SPLITS for shard in shards[split]] + [MANIFEST_FILE]),
+            )
+            write_manifest(manifest, folder)
+
+        publish(data_root / spec.name, write_all)
+    log.info("published %s", data_root / spec.name)
+    return manifest
+
+
 # --------------------------------------------------------------------------- steps
 
 
-def _check_pinned_splits(spec: DatasetSpec, pinned: dict[str, pd.DataFrame]) -> None:
+def _check_pinned_splits(spec: DatasetSpec, pinned: dict[str, Any]) -> None:
     """Only held-out splits can be pinned: train is always what the main source leaves."""
     allowed = ("val", "test") if spec.task == "classification" else ("val",)
     bad = sorted(set(pinned) - set(allowed))

@@ -18,7 +18,7 @@ import io
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +98,21 @@ def read_split_files(
     for split, location in sorted(source.split_files.items()):
         if split not in SPLITS:
             raise ValueError(f"split_files: unknown split '{split}' (expected one of {list(SPLITS)})")
-        if "://" in location:
-            path = download(location, Path(cache_dir))
-        else:
-            path = resolve_path(location, Path(base_dir))
         frames[split] = read_table(
-            path, source, require_label=require_label, infer_format=True, repaired=repaired
+            split_file_path(location, base_dir=base_dir, cache_dir=cache_dir),
+            source,
+            require_label=require_label,
+            infer_format=True,
+            repaired=repaired,
         )
     return frames
+
+
+def split_file_path(location: str, *, base_dir: Path, cache_dir: Path) -> Path:
+    """A split file's local path: a URL (``://``) downloaded and cached, else a path under ``base_dir``."""
+    if "://" in location:
+        return download(location, Path(cache_dir))
+    return resolve_path(location, Path(base_dir))
 
 
 # --------------------------------------------------------------------------- parsing
@@ -126,6 +133,13 @@ def detect_format(path: Path, declared: str = "auto") -> str:
     return fmt
 
 
+def table_format(path: Path, source: SourceSpec, infer_format: bool = False) -> str:
+    """The format to parse ``path`` with; ``infer_format`` prefers the suffix (split files may differ)."""
+    if infer_format and (path.is_dir() or path.suffix.lower() in _SUFFIX_FORMATS):
+        return detect_format(path)
+    return detect_format(path, source.format)
+
+
 def read_table(
     path: Path,
     source: SourceSpec,
@@ -139,10 +153,7 @@ def read_table(
     ``infer_format`` prefers the suffix over ``source.format`` (split files may differ
     from the main source); the declared format is the fallback for unknown suffixes.
     """
-    fmt = source.format
-    if infer_format and (path.is_dir() or path.suffix.lower() in _SUFFIX_FORMATS):
-        fmt = "auto"
-    fmt = detect_format(path, fmt)
+    fmt = table_format(path, source, infer_format)
     if fmt == "folder":
         return read_class_folder(path, encoding=source.encoding)
     rows = None
@@ -213,20 +224,27 @@ def read_class_folder(folder: Path, encoding: str | None = None) -> pd.DataFrame
     texts: list[str] = []
     labels: list[str] = []
     rows: list[RowRef] = []
-    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for text, label, where in iter_class_files(folder, encoding):
+        texts.append(text)
+        labels.append(label)
+        rows.append(where)
+    log.info("read %d files in %d class folders under %s", len(texts), len(set(labels)), folder)
+    return pd.DataFrame({TEXT: texts, LABEL: labels, ROW: rows}, dtype=object)
+
+
+def iter_class_files(folder: Path, encoding: str | None = None) -> Iterator[tuple[str, str, RowRef]]:
+    """(text, label, where) of each ``<class>/<file>.txt``, one file read at a time, in sorted order."""
+    classes = sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = False
     for class_dir in classes:
         for file in sorted(class_dir.glob("*.txt")):
             where = f"{class_dir.name}/{file.name}"
             data = file.read_bytes()
-            texts.append(
-                decode_text(data) if encoding is None else decode_lines(data, file=where, encoding=encoding)
-            )
-            labels.append(class_dir.name)
-            rows.append(RowRef(where))
-    if not texts:
+            text = decode_text(data) if encoding is None else decode_lines(data, file=where, encoding=encoding)
+            found = True
+            yield text, class_dir.name, RowRef(where)
+    if not found:
         raise ValueError(f"{folder}: expected one sub-folder of .txt files per class, found no .txt files")
-    log.info("read %d files in %d class folders under %s", len(texts), len(classes), folder)
-    return pd.DataFrame({TEXT: texts, LABEL: labels, ROW: rows}, dtype=object)
 
 
 def select_columns(
@@ -344,3 +362,205 @@ def read_ingested_dataset(folder: Path) -> pd.DataFrame:
 def _concat(lists: Iterable[list]) -> Iterable:
     for items in lists:
         yield from items
+
+
+# --------------------------------------------------------------------------- reading in chunks
+
+# Kinds and formats a streamed ingest reads in chunks; the others are read whole.
+STREAMABLE_KINDS = ("package", "path", "url")
+STREAMABLE_FORMATS = ("csv", "jsonl", "parquet", "folder")
+_CSV_BLOCK_BYTES = 1 << 22
+
+
+def source_file(source: SourceSpec, *, base_dir: Path, cache_dir: Path) -> Path:
+    """The local file or folder a package, path or url source reads (a url is downloaded once)."""
+    if source.kind == "package":
+        return find_package_folder(source.package or "", source.subdir)
+    if source.kind == "path":
+        return resolve_path(source.path or "", Path(base_dir))
+    if source.kind == "url":
+        return download(source.url or "", Path(cache_dir), sha256=source.sha256)
+    raise ValueError(f"source kind '{source.kind}' cannot be read in chunks (only {list(STREAMABLE_KINDS)})")
+
+
+def source_bytes(path: Path) -> int:
+    """Size on disk of a source file, or of every file under a source folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def iter_source_chunks(
+    path: Path,
+    source: SourceSpec,
+    *,
+    chunk_rows: int,
+    require_label: bool = True,
+    infer_format: bool = False,
+    repaired: list[RowIssue] | None = None,
+) -> Iterator[pd.DataFrame]:
+    """The rows :func:`read_table` would return, as frames of at most ``chunk_rows`` rows.
+
+    CSV goes through pyarrow's streaming reader, Parquet by batches of its row groups,
+    JSONL line by line, a class folder file by file, so memory holds one chunk whatever
+    the source size. Row numbers (``source_row``) are those of the whole file.
+    """
+    fmt = table_format(path, source, infer_format)
+    if fmt not in STREAMABLE_FORMATS:
+        raise ValueError(f"{path.name}: format '{fmt}' cannot be read in chunks (only {list(STREAMABLE_FORMATS)})")
+    if fmt == "folder":
+        yield from _folder_chunks(path, source.encoding, chunk_rows)
+        return
+    if fmt == "jsonl":
+        chunks = _jsonl_chunks(path, source, chunk_rows, repaired)
+    elif fmt == "csv":
+        chunks = _csv_chunks(path, source, chunk_rows, require_label)
+    else:
+        chunks = _parquet_chunks(path, source, chunk_rows, require_label)
+    for raw, rows in chunks:
+        yield select_columns(
+            raw, source.text_columns, source.label_column, origin=path.name, require_label=require_label, rows=rows
+        )
+
+
+def _folder_chunks(folder: Path, encoding: str | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    batch: list[tuple[str, str, RowRef]] = []
+    for item in iter_class_files(folder, encoding):
+        batch.append(item)
+        if len(batch) == chunk_rows:
+            yield pd.DataFrame(batch, columns=[TEXT, LABEL, ROW], dtype=object)
+            batch = []
+    if batch:
+        yield pd.DataFrame(batch, columns=[TEXT, LABEL, ROW], dtype=object)
+
+
+def _jsonl_chunks(
+    path: Path, source: SourceSpec, chunk_rows: int, repaired: list[RowIssue] | None
+) -> Iterator[tuple[pd.DataFrame, list[RowRef]]]:
+    """JSONL read a line at a time; each line decoded as :func:`read_jsonl` would (repairs included)."""
+    records: list[dict[str, Any]] = []
+    rows: list[RowRef] = []
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            text = decode_lines(
+                line, file=path.name, encoding=source.encoding, errors=source.encoding_errors,
+                repaired=repaired, first_line=number,
+            )
+            if not text.strip():
+                continue
+            records.append(parse_jsonl_line(text, number, path.name))
+            rows.append(RowRef(path.name, number, "line"))
+            if len(records) == chunk_rows:
+                yield pd.DataFrame.from_records(records), rows
+                records, rows = [], []
+    if records:
+        yield pd.DataFrame.from_records(records), rows
+    elif not rows and path.stat().st_size == 0:
+        raise DataValidationError("no rows", f"{path.name} is empty: no rows")
+
+
+def _csv_header(path: Path, encoding: str) -> list[str]:
+    import csv
+
+    with open(path, encoding=encoding, newline="") as handle:
+        header = next(csv.reader(handle), None)
+    if not header:
+        raise DataValidationError("no rows", f"{path.name} is empty: no header and no rows")
+    return header
+
+
+def _csv_chunks(
+    path: Path, source: SourceSpec, chunk_rows: int, require_label: bool
+) -> Iterator[tuple[pd.DataFrame, list[RowRef]]]:
+    """CSV through ``pyarrow.csv.open_csv``: only the needed columns, all as strings, no NA guessing."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    if source.encoding_errors != "reject":
+        raise ValueError(
+            f"{path.name}: `encoding_errors: {source.encoding_errors}` is not supported when a CSV is streamed; "
+            "fix or re-encode the file, or set `streaming: false` on the dataset"
+        )
+    encoding = source.encoding or "utf-8"
+    header = _csv_header(path, "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding)
+    columns = _needed_columns(header, source, path.name, require_label)
+    reader = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, encoding=encoding),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=columns,
+            column_types={column: pa.string() for column in columns},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    batches = _csv_batches(reader, path, source)
+    yield from _rebatched(batches, chunk_rows, path.name)
+
+
+def _csv_batches(reader, path: Path, source: SourceSpec):
+    import pyarrow as pa
+
+    while True:
+        try:
+            yield reader.read_next_batch()
+        except StopIteration:
+            return
+        except pa.ArrowInvalid as error:
+            if "UTF8" in str(error) and source.encoding is None:
+                _raise_first_bad_line(path)
+            raise ValueError(f"{path.name} is not a valid CSV file: {error}") from None
+
+
+def _raise_first_bad_line(path: Path) -> None:
+    """Decode line by line, which raises the usual error naming the first line that is not UTF-8."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            decode_lines(line, file=path.name, first_line=number)
+
+
+def _parquet_chunks(
+    path: Path, source: SourceSpec, chunk_rows: int, require_label: bool
+) -> Iterator[tuple[pd.DataFrame, list[RowRef]]]:
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as parquet:
+        columns = _needed_columns(parquet.schema_arrow.names, source, path.name, require_label)
+        yield from _rebatched(parquet.iter_batches(batch_size=chunk_rows, columns=columns), chunk_rows, path.name)
+
+
+def _needed_columns(present: list[str], source: SourceSpec, origin: str, require_label: bool) -> list[str]:
+    """The text columns and the label column (when present), checked as :func:`select_columns` does."""
+    for column in source.text_columns:
+        if column not in present:
+            raise KeyError(f"{origin}: text column '{column}' not found; columns present: {present}")
+    label = source.label_column
+    if label is not None and label not in present and require_label:
+        raise KeyError(f"{origin}: label column '{label}' not found; columns present: {present}")
+    wanted = [*source.text_columns, *([label] if label in present else [])]
+    return list(dict.fromkeys(wanted))
+
+
+def _rebatched(batches: Iterable, chunk_rows: int, origin: str) -> Iterator[tuple[pd.DataFrame, list[RowRef]]]:
+    """Arrow record batches regrouped into frames of exactly ``chunk_rows`` rows (the last may be short)."""
+    import pyarrow as pa
+
+    pending: list = []
+    held = 0
+    first = 1
+    for batch in batches:
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= chunk_rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, chunk_rows).to_pandas(), _numbered(origin, first, chunk_rows)
+            first += chunk_rows
+            rest = table.slice(chunk_rows)
+            pending, held = rest.to_batches(), rest.num_rows
+    if held:
+        yield pa.Table.from_batches(pending).to_pandas(), _numbered(origin, first, held)
+
+
+def _numbered(origin: str, first: int, count: int) -> list[RowRef]:
+    return [RowRef(origin, number) for number in range(first, first + count)]

@@ -152,9 +152,12 @@ def check_leakage(splits: Mapping[str, pd.DataFrame]) -> None:
         )
 
 
-def check_has_rows(frame: pd.DataFrame, origin: str, *, after_cleaning: bool = False) -> None:
-    """``origin`` (a file, URL or dataset) gave at least one row, or kept one through cleaning."""
-    if len(frame):
+def check_has_rows(frame: pd.DataFrame | int, origin: str, *, after_cleaning: bool = False) -> None:
+    """``origin`` (a file, URL or dataset) gave at least one row, or kept one through cleaning.
+
+    ``frame`` may be a row count (a streamed source is never one frame).
+    """
+    if frame if isinstance(frame, int) else len(frame):
         return
     if after_cleaning:
         raise DataValidationError("no rows", f"every row of {origin} was dropped in cleaning")
@@ -185,6 +188,31 @@ def validate_classification(splits: Mapping[str, pd.DataFrame]) -> None:
     check_unknown_labels(splits)
     check_labels(splits)
     check_leakage(splits)
+
+
+def validate_class_counts(per_class: Mapping[str, Mapping[str, int]]) -> None:
+    """The classification rules that counts decide, for a streamed dataset whose texts are never all
+    in memory; there, schema and empty texts hold by cleaning, leakage by unique text digests."""
+    totals: Counter = Counter()
+    for counts in per_class.values():
+        totals.update({label: n for label, n in counts.items() if n})
+    if len(totals) < 2:
+        raise DataValidationError(
+            "too few classes", f"a classifier needs at least 2 labels, found {sorted(totals)}"
+        )
+    rare = sorted(label for label, n in totals.items() if n < 2)
+    if rare:
+        raise DataValidationError("single-member label", f"labels {rare} have fewer than 2 rows")
+    check_split_sizes({split: sum(counts.values()) for split, counts in per_class.items()})
+    known = {label for label, n in per_class["train"].items() if n}
+    unknown = {
+        f"{split}: {label}" for split, counts in per_class.items() if split != "train"
+        for label, n in counts.items() if n and label not in known
+    }
+    if unknown:
+        raise DataValidationError(
+            "unknown label", f"labels {sorted(unknown)} have rows outside train but none in train"
+        )
 
 
 def validate_corpus(texts: Mapping[str, Any]) -> None:
