@@ -107,6 +107,11 @@ class ClassifierPredictor(Predictor):
         """The character offset where the model stops reading `text` (truncation); the end by default."""
         return len(text)
 
+    def oov_shares(self, texts: Sequence[str]) -> list[float]:
+        """Per text, the share of its words (or tokens) the model's vocabulary does not know, in
+        [0, 1] (components/text/oov.py); the inference log records it. Each kind implements it."""
+        raise NotImplementedError(f"{self.kind}: this model kind gives no out-of-vocabulary share")
+
     def explain(self, texts: Sequence[str], top_k: int = 10) -> list[dict[str, Any]]:
         """Per text: the predicted label, its probability, the method, and the `top_k` words that
         pushed towards the label and the `top_k` that pushed away, each ``{"word", "score"}``."""

@@ -55,6 +55,7 @@ from components.data.dataset import ClassificationData
 from components.explain.occlusion import truncation_offset
 from components.models.registry import model_kind
 from components.models.torch_classifier import TorchClassifierPredictor
+from components.text.bpe import BPETokenizer
 from components.text.classifier_tokenizer import (
     TOKENIZER_FILES,
     encode_padded,
@@ -62,6 +63,7 @@ from components.text.classifier_tokenizer import (
     load_tokenizer,
     pad_encoded,
 )
+from components.text.oov import split_word_share, unknown_id_share
 from components.text.word_vectors import ppmi_svd_vectors
 from components.training.batches import IndexBatches
 from components.training.callbacks import MetricsCallback, no_metrics
@@ -184,6 +186,14 @@ class NeuralClassifierPredictor(TorchClassifierPredictor):
 
     def read_until(self, text: str) -> int:
         return truncation_offset(text, lambda prefix: len(self.tokenizer.encode(prefix)), self.max_length)
+
+    def oov_shares(self, texts: Sequence[str]) -> list[float]:
+        """Word vocabulary: the share of tokens encoded as <unk>. Byte-level BPE never has an unknown
+        token, so there: the share of words it cannot hold whole (components/text/oov.py)."""
+        if isinstance(self.tokenizer, BPETokenizer):
+            encodings = self.tokenizer.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+            return [split_word_share(e.word_ids, e.ids, self.tokenizer.unk_id) for e in encodings]
+        return [unknown_id_share(ids, self.tokenizer.unk_id) for ids in self.tokenizer.encode_batch(texts)]
 
     def predict_texts(self, texts: list[str]) -> np.ndarray:
         ids, lengths = encode_padded(self.tokenizer, texts, self.max_length)

@@ -40,6 +40,7 @@ from components.data.dataset import ClassificationData
 from components.explain.occlusion import truncation_offset
 from components.models.encoder_classifier import EncoderClassifier, FeatureHead, freeze_encoder, load_encoder
 from components.models.torch_classifier import TorchClassifierPredictor
+from components.text.oov import split_word_share
 from components.training.batches import IndexBatches
 from components.training.callbacks import MetricsCallback, no_metrics
 from components.training.classifier_fit import (
@@ -166,6 +167,16 @@ class PretrainedPredictor(TorchClassifierPredictor):
             lambda prefix: len(self.tokenizer(prefix, truncation=True, max_length=limit + 1)["input_ids"]),
             limit,
         )
+
+    def oov_shares(self, texts: Sequence[str]) -> list[float]:
+        """The share of words the tokenizer cannot hold whole: split into word pieces, or [UNK]
+        (components/text/oov.py). The whole text, past max_length too: it is the traffic's vocabulary."""
+        # verbose=False: no warning about texts longer than the encoder's limit (nothing runs the encoder)
+        encoding = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)
+        unk_id = self.tokenizer.unk_token_id
+        return [
+            split_word_share(encoding.word_ids(i), ids, unk_id) for i, ids in enumerate(encoding["input_ids"])
+        ]
 
     def predict_texts(self, texts: list[str]) -> np.ndarray:
         device = model_device(self.model)

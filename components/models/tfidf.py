@@ -8,7 +8,7 @@ so the preprocessing fitted on the training split travels with the model.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,9 @@ from components.config import ModelSpec
 from components.data.dataset import ClassificationData
 from components.evaluation.classification import classification_metrics
 from components.explain.linear import LinearAttribution, LinearTfidfExplainer
-from components.models.tfidf_inference import LinearTfidfScorer
+from components.models.tfidf_inference import LinearTfidfScorer, word_unigrams
 from components.predictor import ClassifierPredictor
+from components.text.oov import share
 from components.training.callbacks import MetricsCallback
 
 PIPELINE_FILE = "pipeline.joblib"
@@ -99,6 +100,27 @@ class TfidfPredictor(ClassifierPredictor):
         if self._scorer is not None:
             return self._scorer.predict_proba(texts)
         return self.pipeline.predict_proba(list(texts))
+
+    def oov_shares(self, texts: Sequence[str]) -> list[float]:
+        """The share of each text's words that the word vectoriser's fitted vocabulary lacks (a
+        word dropped by min_df or max_features is unknown to the model too)."""
+        words_of, vocabulary = self._vocabulary_words
+        known = vocabulary.__contains__
+        shares = []
+        for text in texts:
+            words = words_of(text)
+            shares.append(share(len(words) - sum(map(known, words)), len(words)))  # map: lookups at C speed
+        return shares
+
+    @cached_property
+    def _vocabulary_words(self) -> tuple[Callable[[str], list[str]], dict[str, int]]:
+        """The word vectoriser's words of a text, and the words its vocabulary holds (as unigrams)."""
+        step = self.pipeline.steps[0][1]
+        branches = [s for _, s in step.transformer_list] if isinstance(step, FeatureUnion) else [step]
+        word = [v for v in branches if isinstance(v, TfidfVectorizer) and v.analyzer == "word"]
+        if not word:
+            raise NotImplementedError(f"{self.kind}: no word vectoriser, so no out-of-vocabulary share")
+        return word_unigrams(word[0]), word[0].vocabulary_
 
     @cached_property
     def _explainer(self) -> LinearTfidfExplainer:

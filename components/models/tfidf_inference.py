@@ -46,12 +46,15 @@ def _default_pattern_tokens(text: str) -> list[str]:
     return [run for run in runs if len(run) > 1]
 
 
-def _word_tokenizer(vectorizer: TfidfVectorizer) -> Callable[[str], list[str]] | None:
+def _word_tokenizer(
+    vectorizer: TfidfVectorizer, any_ngrams: bool = False
+) -> Callable[[str], list[str]] | None:
     """For a plain word-unigram vectoriser, its analyzer without scikit-learn's layers of calls;
-    None for anything else (n-grams, character analyzers, stop words, custom callables)."""
+    None for anything else (n-grams, character analyzers, stop words, custom callables).
+    `any_ngrams`: the words of a plain word vectoriser of any n-gram range (not its n-grams)."""
     plain = (
         vectorizer.analyzer == "word"
-        and tuple(vectorizer.ngram_range) == (1, 1)
+        and (any_ngrams or tuple(vectorizer.ngram_range) == (1, 1))
         and vectorizer.input == "content"
         and vectorizer.preprocessor is None
         and vectorizer.tokenizer is None
@@ -68,6 +71,17 @@ def _word_tokenizer(vectorizer: TfidfVectorizer) -> Callable[[str], list[str]] |
     if vectorizer.lowercase:
         return lambda text: findall(text.lower())
     return findall
+
+
+def word_unigrams(vectorizer: TfidfVectorizer) -> Callable[[str], list[str]]:
+    """The single words a word-analyzer vectoriser reads in a text (its n-grams are built from
+    these): preprocessing, token pattern and stop words as fitted, without the n-grams."""
+    plain = _word_tokenizer(vectorizer, any_ngrams=True)
+    if plain is not None:
+        return plain
+    preprocess, tokenize = vectorizer.build_preprocessor(), vectorizer.build_tokenizer()
+    stop_words = vectorizer.get_stop_words() or frozenset()
+    return lambda text: [word for word in tokenize(preprocess(text)) if word not in stop_words]
 
 
 class _Branch:
