@@ -13,7 +13,8 @@ are the classifier model's ``metadata["serving"]`` over the ServingSpec defaults
 Work at import time is limited to what BentoML fixes when the class is defined: the model
 references, the limits that go into the API signatures and the batching parameters, and whether
 the benchmark-only endpoints exist (``MAAS_BENCHMARK_ENDPOINTS=1``). Auth, body limits and the
-access log are ``components/serving/guard.py``; BentoML internals, ``compat.py``. Endpoints and
+access log are ``components/serving/guard.py``; the inference log and the prediction metrics,
+``components/monitoring/``; BentoML internals, ``compat.py``. Endpoints and
 error bodies are documented in docs/serving.md.
 """
 
@@ -34,6 +35,8 @@ from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 import compat
 from components.config import ServingSpec
+from components.monitoring.inference_log import InferenceLog, LoggedModel, log_folder, texts_logged
+from components.monitoring.metrics import prediction_metrics
 from components.predictor import ClassifierPredictor, GeneratorPredictor, Predictor, load_predictor
 from components.serving.guard import RequestGuard, count_texts, error_response
 from components.serving.text_rules import require_visible, visible_pattern
@@ -236,6 +239,11 @@ class MaasService:
         self._explain_thread = ThreadPoolExecutor(1, thread_name_prefix="maas-explain")
         cheap = self._batch_seconds() <= INLINE_BATCH_BUDGET_S
         self._classify_inline = cheap and not self.classifier.on_accelerator
+        self.metrics = prediction_metrics()
+        self.inference_log = self._open_inference_log()
+        info = self.classifier_info
+        self._logged_model = LoggedModel(info.model_name, info.model_version, info.data_version)
+        self._oov_known = True  # False once the model kind says it has no OOV share
         # The models and their warm-up are loaded for good: move them out of the cyclic garbage
         # collector's view, or every collection re-walks them while requests wait (GC time per
         # request fell by about three quarters with the TF-IDF model, measured under load).
@@ -255,9 +263,49 @@ class MaasService:
         self.classifier.predict([WARMUP_TEXT] * sample)
         return (time.perf_counter() - started) / sample * SERVING.max_batch_size
 
+    def _open_inference_log(self) -> InferenceLog | None:
+        """The inference log (components/monitoring/inference_log.py), or None when MAAS_INFERENCE_LOG=off."""
+        folder = log_folder(os.environ)
+        if folder is None:
+            logger.info("inference log off")
+            return None
+        log_texts = texts_logged(os.environ)
+        logger.info("inference log: %s (%s)", folder, "with the texts" if log_texts else "without the texts")
+        return InferenceLog(folder, log_texts=log_texts, on_drop=self.metrics.dropped.inc)
+
+    @bentoml.on_shutdown
+    def close_inference_log(self) -> None:
+        """Write the log's queued records before the worker exits."""
+        if self.inference_log is not None:
+            self.inference_log.close()
+
+    def _observe(self, endpoint: str, texts: list[str], labels: list[str], confidences: list[float]) -> None:
+        """Metrics (classify only) and the inference log of a batch; never fails the request."""
+        try:
+            if endpoint == "classify":
+                self.metrics.observe(endpoint, labels, confidences)
+            if self.inference_log is not None:
+                oov = self._oov_shares(texts)
+                self.inference_log.add_batch(endpoint, self._logged_model, texts, labels, confidences, oov)
+        except Exception as exc:  # noqa: BLE001  (monitoring must not cost a prediction)
+            logger.warning("monitoring of a %s batch failed: %s", endpoint, exc)
+
+    def _oov_shares(self, texts: list[str]) -> list[float] | None:
+        if not self._oov_known:
+            return None
+        try:
+            return self.classifier.oov_shares(texts)
+        except NotImplementedError as exc:
+            logger.warning("the inference log records no OOV share: %s", exc)
+            self._oov_known = False
+            return None
+
     def _predict(self, texts: list[str]) -> list[Classification]:
         version = self.classifier_info.model_version
-        return [Classification(**item, model_version=version) for item in self.classifier.predict(texts)]
+        items = self.classifier.predict(texts)
+        labels = [item["label"] for item in items]
+        self._observe("classify", texts, labels, [item["probabilities"][item["label"]] for item in items])
+        return [Classification(**item, model_version=version) for item in items]
 
     async def _classify(self, texts: list[str]) -> list[Classification]:
         if self._classify_inline:
@@ -271,7 +319,10 @@ class MaasService:
 
     def _explain(self, texts: list[str], top_k: int) -> list[Explanation]:
         version = self.classifier_info.model_version
-        return [Explanation(**item, model_version=version) for item in self.classifier.explain(texts, top_k)]
+        items = self.classifier.explain(texts, top_k)
+        labels, probabilities = [item["label"] for item in items], [item["probability"] for item in items]
+        self._observe("explain", texts, labels, probabilities)
+        return [Explanation(**item, model_version=version) for item in items]
 
     @bentoml.api
     async def explain(

@@ -97,6 +97,9 @@ def bentoml_home(tmp_path_factory) -> Iterator[Path]:
     env.setenv("BENTOML_DO_NOT_TRACK", "True")
     env.delenv("MAAS_API_TOKEN", raising=False)
     env.delenv("MAAS_BENCHMARK_ENDPOINTS", raising=False)
+    # The services of these tests (in this process and served) log their predictions here, not in the repo.
+    env.setenv("MAAS_INFERENCE_LOG", str(tmp_path_factory.mktemp("inference-log")))
+    env.delenv("MAAS_LOG_TEXTS", raising=False)
     with compat.use_bentoml_home(tmp_path_factory.mktemp("bentoml-home")) as home:
         yield home
     env.undo()

@@ -66,6 +66,10 @@ def test_probes_and_metrics(http):
     assert "bentoml_service_request_total" in metrics.text
     assert 'endpoint="/classify"' in metrics.text
     assert "bentoml_service_adaptive_batch_size" in metrics.text
+    # The prediction metrics (components/monitoring/metrics.py), created in the worker process.
+    assert 'maas_predicted_label_total{endpoint="classify",label="' in metrics.text
+    assert 'maas_prediction_confidence_bucket{endpoint="classify",le="0.99"}' in metrics.text
+    assert "maas_inference_log_dropped_records_total 0.0" in metrics.text
 
 
 def test_predictions_equal_the_bundle_in_process(http, classifier_bundle, sample_texts):

@@ -1,0 +1,1 @@
+"""What the served model does in production: the inference log (and, read from it, drift checks)."""
