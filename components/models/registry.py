@@ -90,13 +90,6 @@ KINDS: dict[str, ModelKind] = {
             needs_torch=False,
         ),
         ModelKind(
-            "gpt",
-            "generation",
-            trainer="components.models.lm_predictor:train",
-            predictor="components.models.lm_predictor:LanguageModelPredictor",
-            config="components.models.gpt:GPTConfig",
-            network="components.models.gpt:GPT",
-        ModelKind(
             "ensemble",
             "classification",
             # Built from trained candidates by the pipeline (flows/ensemble.py); the trainer only refuses.
@@ -105,6 +98,13 @@ KINDS: dict[str, ModelKind] = {
             # Its own code is numpy; a member that needs torch imports it when that member loads.
             needs_torch=False,
         ),
+        ModelKind(
+            "gpt",
+            "generation",
+            trainer="components.models.lm_predictor:train",
+            predictor="components.models.lm_predictor:LanguageModelPredictor",
+            config="components.models.gpt:GPTConfig",
+            network="components.models.gpt:GPT",
         ),
         ModelKind(
             "lstm_lm",
@@ -113,6 +113,13 @@ KINDS: dict[str, ModelKind] = {
             predictor="components.models.lm_predictor:LanguageModelPredictor",
             config="components.models.lstm_lm:LSTMLMConfig",
             network="components.models.lstm_lm:LSTMLanguageModel",
+        ),
+        ModelKind(
+            "pretrained_lm",
+            "generation",
+            # A Hugging Face causal LM, fine-tuned in full or with LoRA: no config dataclass of ours.
+            trainer="components.models.pretrained_lm:train",
+            predictor="components.models.pretrained_lm:PretrainedLMPredictor",
         ),
     )
 }
