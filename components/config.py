@@ -99,6 +99,9 @@ class TrainingSpec(_Spec):
     seed: int = 42
     epochs: int = 1
     max_steps: int | None = None
+    # At least this many optimiser steps when `epochs` would give fewer (a small dataset gets more
+    # epochs); `max_steps`, when set, is the count, and early stopping may still end sooner.
+    min_steps: int | None = Field(None, ge=1)
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 1e-3
@@ -118,6 +121,62 @@ class TrainingSpec(_Spec):
     class_weight: Literal["none", "balanced"] = "none"
 
 
+class ParamRange(_Spec):
+    """A numeric search range; `log` samples on a log scale."""
+
+    low: float
+    high: float
+    log: bool = False
+    type: Literal["float", "int"] = "float"
+
+
+SearchSpace = dict[str, list[Any] | ParamRange]
+
+# The search space a candidate gets with `search: default`, per model kind: keys are `params`
+# names or `training.<field>`. Only settings that moved the validation score on small text sets.
+DEFAULT_SEARCH_SPACES: dict[str, dict[str, Any]] = {
+    "tfidf_logreg": {
+        "C": {"low": 0.5, "high": 100.0, "log": True},
+        "char_ngrams": [None, [2, 5], [1, 4]],
+        "min_df": [1, 2],
+    },
+    "lstm": {"training.lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True}, "dropout": [0.3, 0.5]},
+    "transformer": {"training.lr": {"low": 3.0e-4, "high": 3.0e-3, "log": True}, "dropout": [0.1, 0.3]},
+    "pretrained": {"training.lr": {"low": 2.0e-5, "high": 1.5e-4, "log": True}},
+}
+
+
+class SearchSpec(_Spec):
+    """An in-pipeline search of one candidate's settings (Optuna TPE) within a budget.
+
+    `space: default` takes DEFAULT_SEARCH_SPACES of the candidate's kind. The budget is
+    `trials` and/or `seconds` (whichever ends first); `parallel` trials are asked at a time.
+    """
+
+    space: SearchSpace | Literal["default"] = "default"
+    trials: int | None = Field(None, ge=1)
+    seconds: float | None = Field(None, gt=0)
+    parallel: int = Field(2, ge=1)
+    pruning: bool = True  # stop a torch trial whose per-evaluation score falls behind (median rule)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_budget(self) -> SearchSpec:
+        if self.trials is None and self.seconds is None:
+            self.trials = 8
+        return self
+
+    def resolved_space(self, kind: str) -> SearchSpace:
+        """The space to search for a candidate of `kind`."""
+        if self.space != "default":
+            return self.space
+        if kind not in DEFAULT_SEARCH_SPACES:
+            raise ValueError(f"no default search space for kind {kind!r} (have {sorted(DEFAULT_SEARCH_SPACES)}): "
+                             "give `search: {space: {...}}`")
+        return {name: ParamRange.model_validate(v) if isinstance(v, dict) else list(v)
+                for name, v in DEFAULT_SEARCH_SPACES[kind].items()}
+
+
 class ModelSpec(_Spec):
     """One candidate: a model kind, its hyperparameters and its training settings."""
 
@@ -126,6 +185,9 @@ class ModelSpec(_Spec):
     params: dict[str, Any] = Field(default_factory=dict)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     timeout_s: float | None = None
+    # `search: default` (the kind's default space, default budget) or a SearchSpec: the pipeline
+    # searches these settings and registers the best under this candidate's name.
+    search: SearchSpec | None = None
 
     @field_validator("kind")
     @classmethod
@@ -133,6 +195,21 @@ class ModelSpec(_Spec):
         if kind not in KINDS:
             raise ValueError(unknown_kind_message(kind))
         return kind
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _search_shorthand(cls, value: Any) -> Any:
+        if value == "default":
+            return {"space": "default"}
+        if isinstance(value, str):
+            raise ValueError(f"search must be `default` or a mapping, not {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_search(self) -> ModelSpec:
+        if self.search is not None:
+            self.search.resolved_space(self.kind)
+        return self
 
 
 class BehaviouralChecks(_Spec):
@@ -146,15 +223,6 @@ class BehaviouralChecks(_Spec):
     must_pass: dict[str, list[str]] = Field(default_factory=dict)
 
 
-class ParamRange(_Spec):
-    """A numeric search range; `log` samples on a log scale."""
-
-    low: float
-    high: float
-    log: bool = False
-    type: Literal["float", "int"] = "float"
-
-
 class SweepSpec(_Spec):
     """A hyperparameter search over one candidate: keys are `params` names or `training.<field>`."""
 
@@ -162,7 +230,17 @@ class SweepSpec(_Spec):
     trials: int = Field(8, ge=1)
     parallel: int = Field(2, ge=1)
     seed: int = 0
-    space: dict[str, list[Any] | ParamRange]
+    space: SearchSpace
+
+
+class SelectionSpec(_Spec):
+    """How candidates are scored for choosing: the validation split, or k-fold CV on small data."""
+
+    # Below this many training rows, stratified k-fold CV on train+val replaces the validation
+    # split (one small split is a noisy judge); 0 turns CV off.
+    cv_below_rows: int = Field(5000, ge=0)
+    folds: int = Field(5, ge=2)
+    seed: int = 42
 
 
 class SizeRule(_Spec):
@@ -196,6 +274,7 @@ class ServingSpec(_Spec):
     """The service's limits; each must be positive (a zero limit would refuse every request)."""
 
     max_batch_size: int = Field(64, gt=0)
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
     # The longest a text may wait for its batch before BentoML sheds it with a 503: keep it well
     # above one full batch's time (MiniLM on 2 CPU cores: about 1 s for 32 texts).
     max_latency_ms: int = Field(10_000, gt=0)

@@ -1,18 +1,24 @@
 """Hyperparameter search spaces: grid and seeded random points, and applying a point to a spec.
 
-Optuna's sampler (flows/sweep.py) uses the same space through `suggest`.
+Optuna's sampler (flows/search.py, for `maas sweep` and the pipeline) uses the same space through
+`suggest`; a trial that falls behind is stopped by raising `Pruned` from its metrics callback.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
 from typing import Any
 
-from components.config import ModelSpec, ParamRange, SweepSpec
+from components.config import ModelSpec, ParamRange, SearchSpace, SweepSpec
 
 TRAINING_PREFIX = "training."
+
+
+class Pruned(Exception):
+    """A search trial stopped early because its scores so far fall behind (the flow tells Optuna)."""
 
 
 def grid_points(sweep: SweepSpec) -> list[dict[str, Any]]:
@@ -41,13 +47,24 @@ def random_points(sweep: SweepSpec) -> list[dict[str, Any]]:
     return [{name: _sample(sweep.space[name], rng) for name in sorted(sweep.space)} for _ in range(sweep.trials)]
 
 
-def suggest(trial: Any, sweep: SweepSpec) -> dict[str, Any]:
-    """A point from an Optuna trial (duck-typed: suggest_categorical / suggest_float / suggest_int)."""
+def _is_plain(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
+    """A point from an Optuna trial (duck-typed: suggest_categorical / suggest_float / suggest_int).
+
+    Optuna's categorical choices must be plain values: a list of lists (n-gram ranges) is
+    suggested by its JSON text and mapped back.
+    """
     point = {}
-    for name in sorted(sweep.space):
-        values = sweep.space[name]
-        if isinstance(values, list):
+    for name in sorted(space):
+        values = space[name]
+        if isinstance(values, list) and all(_is_plain(v) for v in values):
             point[name] = trial.suggest_categorical(name, values)
+        elif isinstance(values, list):
+            texts = [json.dumps(v) for v in values]
+            point[name] = values[texts.index(trial.suggest_categorical(name, texts))]
         elif values.type == "int":
             point[name] = trial.suggest_int(name, int(values.low), int(values.high), log=values.log)
         else:
@@ -67,5 +84,6 @@ def apply_point(spec: ModelSpec, point: dict[str, Any], trial: int) -> ModelSpec
             training[field] = value
         else:
             params[name] = value
-    return spec.model_copy(update={"name": f"{spec.name}-t{trial}", "params": params,
+    return spec.model_copy(update={"name": f"{spec.name}-t{trial}", "params": params, "search": None,
                                    "training": spec.training.model_validate(training)})
+

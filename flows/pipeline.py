@@ -24,6 +24,7 @@ from flows.package import build, import_champion
 from flows.promote import promote
 from flows.promote import rollback as rollback_champion
 from flows.settings import Settings
+from flows.search import search_candidate
 from flows.train import code_version, train_candidate_task
 
 Results = dict[str, list[dict[str, Any]]]  # task name -> what train_candidate_task returned, per candidate
@@ -31,21 +32,31 @@ Results = dict[str, list[dict[str, Any]]]  # task name -> what train_candidate_t
 
 def train_candidates(settings: Settings, config: PipelineConfig, data: DataVersions, *, force: bool,
                      config_name: str, only: list[str] | None = None, nproc: int = 1) -> Results:
-    """One Prefect task per candidate (cached by data version, spec and code); `cached` marks reused results."""
+    """One Prefect task per candidate (cached by data version, spec and code); `cached` marks reused results.
+
+    A candidate with `search:` is searched first (flows/search.py); its result is the best
+    point trained under its name. Plain candidates are submitted before the searches start.
+    """
     code = code_version()
-    futures = {
-        task_name: [
-            train_candidate_task.with_options(
+    futures: dict[str, dict[str, Any]] = {}
+    for task_name, task_spec in config.named_tasks():
+        chosen = [spec for spec in task_spec.candidates if not only or spec.name in only]
+        futures[task_name] = {
+            spec.name: train_candidate_task.with_options(
                 refresh_cache=force, timeout_seconds=spec.timeout_s, task_run_name=f"train-{spec.name}"
             ).submit(settings, task_spec, spec, dataset_version=data.datasets[task_spec.dataset],
                      repo_version=data.repo, code=code, config_name=config_name, nproc=nproc)
-            for spec in task_spec.candidates if not only or spec.name in only
-        ]
-        for task_name, task_spec in config.named_tasks()
-    }
+            for spec in chosen if spec.search is None
+        }
+    for task_name, task_spec in config.named_tasks():
+        for spec in task_spec.candidates:
+            if spec.search is not None and (not only or spec.name in only):
+                futures[task_name][spec.name] = search_candidate(settings, task_spec, spec, data, code, config_name,
+                                                                 force=force)
     return {
-        task_name: [dict(future.result(), cached=future.state.name == "Cached") for future in task_futures]
-        for task_name, task_futures in futures.items() if task_futures
+        task_name: [dict(task_futures[spec.name].result(), cached=task_futures[spec.name].state.name == "Cached")
+                    for spec in task_spec.candidates if spec.name in task_futures]
+        for task_name, task_spec in config.named_tasks() if (task_futures := futures[task_name])
     }
 
 

@@ -143,6 +143,20 @@ def log_artifacts(settings: Settings, run_id: str, files: Mapping[str, Path | st
                 mlflow_client.log_artifact(run_id, str(content))
 
 
+def log_artifact_folder(settings: Settings, run_id: str, folder: Path, artifact_path: str) -> None:
+    """Log every file of `folder` under `artifact_path` of the run."""
+    client(settings).log_artifacts(run_id, str(folder), artifact_path)
+
+
+def download_run_artifacts(settings: Settings, run_id: str, artifact_path: str, dest: str | Path) -> Path:
+    """A run's artifact file or folder, downloaded into `dest`; returns its local path."""
+    return Path(client(settings).download_artifacts(run_id, artifact_path, str(dest)))
+
+
+def set_run_tag(settings: Settings, run_id: str, key: str, value: str) -> None:
+    client(settings).set_tag(run_id, key, value)
+
+
 def log_model(
     settings: Settings,
     run_id: str,

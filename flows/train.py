@@ -14,15 +14,33 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import task
 
 from components.config import ModelSpec, TaskSpec
 from components.data.dataset import ClassificationData, CorpusData, load_classification_data, load_corpus
-from components.evaluation.classification import flat_metrics, plot_confusion_matrix
+from components.evaluation.classification import (
+    classification_metrics,
+    flat_metrics,
+    measure_latency,
+    plot_confusion_matrix,
+)
 from components.evaluation.report import evaluate
 from components.models.registry import model_kind
 from components.predictor import Predictor, load_predictor
+from components.search import Pruned
+from components.selection import (
+    SELECTION_METRICS,
+    CVResult,
+    cross_validate,
+    method_name,
+    pooled,
+    refit_data,
+    refit_spec,
+    without_test,
+)
 from components.training import distributed
+from components.training.callbacks import MetricsCallback
 from components.training.candidates import train_candidate
 from flows import tracking
 from flows.logs import run_logger
@@ -58,6 +76,9 @@ def _cache_key(context, parameters: dict[str, Any]) -> str:
         "code": parameters["code"],
         "store": parameters["settings"].tracking_uri,
         "register": parameters.get("register", True),
+        "trial_of": parameters.get("trial_of"),
+        "registry_tags": parameters.get("registry_tags") or {},
+        "selection": parameters["task_spec"].selection.model_dump(),
     }
     return "train-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -112,13 +133,24 @@ def train_candidate_task(
     nproc: int = 1,
     parent_run_id: str | None = None,
     register: bool = True,
+    trial_of: str | None = None,
+    report: MetricsCallback | None = None,
+    registry_tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate, log and register one candidate; returns a small summary (no models)."""
+    """Train, evaluate, log and register one candidate; returns a small summary (no models).
+
+    On a small classification set (`task_spec.selection`) the selection scores are the k-fold
+    CV means on train+val and the model is then refit on train+val; otherwise they are the
+    validation split's. A search trial (`trial_of` names its candidate) only scores: no test,
+    no logged model; `report(metrics, step)` gets its progress and may raise `Pruned`.
+    """
     logger = run_logger()
     data = load_task_data(settings, task_spec, model_spec.kind)
+    is_classification = isinstance(data, ClassificationData)
+    method = method_name(task_spec.selection, data)
     experiment_id = tracking.ensure_experiment(settings, experiment_name(task_spec))
     tags = {
-        "maas.task": "generation" if isinstance(data, CorpusData) else "classification",
+        "maas.task": "classification" if is_classification else "generation",
         "maas.candidate": model_spec.name,
         "maas.model_kind": model_spec.kind,
         "maas.data_version": dataset_version,
@@ -126,29 +158,68 @@ def train_candidate_task(
         "maas.dataset": task_spec.dataset,
         "maas.config": config_name,
         "maas.code_version": code,
+        "maas.selection": method,
         "mlflow.source.git.commit": tracking.git_commit(settings.project_dir),
     }
+    if trial_of:
+        # Trials carry no `maas.candidate` tag, so the leaderboard lists the candidate, not its trials.
+        del tags["maas.candidate"]
+        tags["maas.trial_of"] = trial_of
     if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id  # a sweep trial: nested under the sweep's run
+        tags["mlflow.parentRunId"] = parent_run_id  # a search trial: nested under the search's run
     params = {"kind": model_spec.kind, "nproc": nproc, **model_spec.params, **model_spec.training.model_dump()}
     run_id = tracking.start_run(settings, experiment_id, model_spec.name, tags, params)
     metrics_logger = tracking.RunLogger(tracking.client(settings), run_id)
     workdir = settings.work_dir / run_id
     try:
-        logger.info("training %s (%s) on %s@%s", model_spec.name, model_spec.kind, task_spec.dataset, dataset_version[:8])
+        logger.info("training %s (%s) on %s@%s, chosen by %s", model_spec.name, model_spec.kind, task_spec.dataset,
+                    dataset_version[:8], method)
         started = time.perf_counter()
-        if nproc > 1:
+        metrics: dict[str, float] = {}
+        cv = None
+        if method != "holdout":
+            cv = cross_validate(
+                lambda fold, i: train_candidate(model_spec, fold, workdir / f"fold-{i}", _prefixed(metrics_logger, i)),
+                data, task_spec.selection, on_fold=_fold_reporter(report, task_spec.metric),
+            )
+            val = cv.summary()
+            metrics |= {f"cv_{m}_{stat}": getattr(cv, stat)(m) for m in SELECTION_METRICS for stat in ("mean", "std")}
+            metrics |= {f"val_{m}": v for m, v in val.items()}  # what promotion and the leaderboard read
+            if trial_of:
+                return _finish_trial(settings, run_id, metrics_logger, metrics, model_spec, started, val, cv)
+            refit = refit_spec(model_spec, cv, len(pooled(data)[0]))
+            metrics |= {"refit_rows": len(pooled(data)[0]), "refit_steps": refit.training.max_steps or 0}
+            logger.info("%s: CV %s %.4f ± %.4f over %d folds; refitting on train+val%s", model_spec.name,
+                        task_spec.metric, cv.mean(task_spec.metric), cv.std(task_spec.metric), len(cv.fold_metrics),
+                        f" for {refit.training.max_steps} steps" if refit.training.max_steps else "")
+            predictor = train_candidate(refit, refit_data(data), workdir / "train", metrics_logger)
+        elif trial_of:
+            on_metrics = metrics_logger if report is None else _both(metrics_logger, report)
+            trial_data = without_test(data) if is_classification else data
+            predictor = train_candidate(model_spec, trial_data, workdir / "train", on_metrics)
+            val = _validation_scores(predictor, trial_data)
+            metrics |= {f"val_{m}": v for m, v in val.items()}
+            return _finish_trial(settings, run_id, metrics_logger, metrics, model_spec, started, val, None)
+        elif nproc > 1:
             predictor = train_distributed(
                 model_spec, settings.data_root / task_spec.dataset, workdir / "train", nproc, metrics_logger
             )
         else:
             predictor = train_candidate(model_spec, data, workdir / "train", metrics_logger)
         train_s = time.perf_counter() - started
-        report = evaluate(predictor, data)
-        val, test = _summary_metrics(report, tags["maas.task"])
-        metrics = {"train_s": train_s, **{f"latency_{k}": v for k, v in report["latency"].items()}}
-        if tags["maas.task"] == "classification":
-            metrics |= flat_metrics(report["val"], "val") | flat_metrics(report["test"], "test")
+        if cv is not None:
+            test_metrics = classification_metrics(data.test_labels, predictor.predict_proba(data.test_texts),
+                                                  predictor.labels)
+            report_doc = {"selection": method, "val": val, "cv_folds": cv.fold_metrics, "test": test_metrics,
+                          "latency": measure_latency(predictor.predict_proba, data.test_texts)}
+            test = {k: test_metrics[k] for k in SELECTION_METRICS}
+        else:
+            report_doc = evaluate(predictor, data)
+            val, test = _summary_metrics(report_doc, tags["maas.task"])
+        metrics |= {"train_s": train_s, **{f"latency_{k}": v for k, v in report_doc["latency"].items()}}
+        if is_classification:
+            metrics |= flat_metrics(report_doc["test"], "test")
+            metrics |= flat_metrics(report_doc["val"], "val") if cv is None else {}
         else:
             metrics |= {f"val_{k}": v for k, v in val.items()}
         metrics_logger(metrics, None)
@@ -159,16 +230,18 @@ def train_candidate_task(
             "candidate": model_spec.name,
             "data_version": dataset_version,
             "run_id": run_id,
+            "selection": method,
         }
         bundle_dir = predictor.save(workdir / "bundle")
         size_mb = sum(f.stat().st_size for f in bundle_dir.rglob("*") if f.is_file()) / 1e6
         metrics_logger({"model_size_mb": size_mb}, None)
-        artifacts: dict[str, Any] = {"report.json": report, "model_spec.json": model_spec.model_dump(mode="json")}
-        if tags["maas.task"] == "classification":
+        artifacts: dict[str, Any] = {"report.json": report_doc, "model_spec.json": model_spec.model_dump(mode="json")}
+        if is_classification:
             artifacts["confusion_matrix_test.png"] = plot_confusion_matrix(
-                report["test"]["confusion_matrix"], predictor.labels, workdir / "confusion_matrix_test.png",
+                report_doc["test"]["confusion_matrix"], predictor.labels, workdir / "confusion_matrix_test.png",
                 f"{model_spec.name}: test split",
             )
+            _log_selection(settings, run_id, workdir / "selection", predictor, data, cv)
         elif predictor.metadata.get("samples"):
             samples = workdir / "samples.txt"
             samples.write_text("\n\n---\n\n".join(predictor.metadata["samples"]))
@@ -182,7 +255,8 @@ def train_candidate_task(
         if register:
             version = tracking.register_model(
                 settings, model_uri, task_spec.registered_model,
-                {"data_version": dataset_version, "candidate": model_spec.name, "run_id": run_id},
+                {"data_version": dataset_version, "candidate": model_spec.name, "run_id": run_id,
+                 "selection": method, **(registry_tags or {})},
             )
         tracking.end_run(settings, run_id)
         logger.info("%s: val %s, %s", model_spec.name, _fmt(val),
@@ -194,12 +268,18 @@ def train_candidate_task(
             "model_uri": model_uri,
             "version": version,
             "data_version": dataset_version,
+            "selection": method,
             "val": val,
+            "val_std": {m: cv.std(m) for m in SELECTION_METRICS} if cv is not None else {},
             "test": test,
-            "latency_ms_p50": report["latency"]["latency_ms_p50"],
+            "latency_ms_p50": report_doc["latency"]["latency_ms_p50"],
             "train_s": train_s,
             "model_size_mb": size_mb,
         }
+    except Pruned:
+        metrics_logger.flush()
+        tracking.end_run(settings, run_id, "KILLED")
+        raise
     except BaseException:
         metrics_logger.flush()
         tracking.end_run(settings, run_id, "FAILED")
@@ -207,6 +287,75 @@ def train_candidate_task(
     finally:
         # Checkpoints are only needed while training; the bundle now lives in MLflow.
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _finish_trial(settings: Settings, run_id: str, metrics_logger, metrics: dict[str, float], spec: ModelSpec,
+                  started: float, val: dict[str, float], cv: CVResult | None) -> dict[str, Any]:
+    """A search trial's record: its scores only (it has no test score and no logged model)."""
+    train_s = time.perf_counter() - started
+    metrics_logger(metrics | {"train_s": train_s}, None)
+    metrics_logger.flush()
+    tracking.end_run(settings, run_id)
+    return {"candidate": spec.name, "kind": spec.kind, "run_id": run_id, "version": None, "val": val,
+            "val_std": {m: cv.std(m) for m in SELECTION_METRICS} if cv is not None else {}, "train_s": train_s}
+
+
+def _validation_scores(predictor: Predictor, data: ClassificationData | CorpusData) -> dict[str, float]:
+    if isinstance(data, ClassificationData):
+        scores = classification_metrics(data.val_labels, predictor.predict_proba(data.val_texts), predictor.labels)
+        return {m: float(scores[m]) for m in SELECTION_METRICS}
+    return {k: float(v) for k, v in evaluate(predictor, data)["val"].items()}
+
+
+def _prefixed(on_metrics: MetricsCallback, fold: int) -> MetricsCallback:
+    """A fold's training curves, kept apart from the refit's (`fold0_train_loss`, ...)."""
+    return lambda metrics, step: on_metrics({f"fold{fold}_{k}": v for k, v in metrics.items()}, step)
+
+
+def _both(first: MetricsCallback, second: MetricsCallback) -> MetricsCallback:
+    def both(metrics, step):
+        first(metrics, step)
+        second(metrics, step)
+
+    return both
+
+
+def _fold_reporter(report: MetricsCallback | None, metric: str):
+    """Under CV a trial reports the running fold mean after each fold (step = fold index)."""
+    if report is None:
+        return None
+    return lambda fold, cv: report({f"val_{metric}": cv.mean(metric)}, fold)
+
+
+SELECTION_ARTIFACTS = "selection"
+
+
+def _log_selection(settings: Settings, run_id: str, folder: Path, predictor: Predictor, data: ClassificationData,
+                   cv: CVResult | None) -> None:
+    """The probabilities the candidate was chosen by, for ensembles: out-of-fold over train+val
+    under CV, else the validation split's; columns in the bundle's label order."""
+    labels = list(predictor.labels)
+    if cv is not None:
+        index = {label: i for i, label in enumerate(cv.labels)}
+        proba, y = cv.proba[:, [index[label] for label in labels]], cv.y
+    else:
+        proba, y = predictor.predict_proba(data.val_texts), list(data.val_labels)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "proba.npy", np.asarray(proba, dtype=np.float32))
+    (folder / "labels.json").write_text(json.dumps({"labels": labels, "y": list(y)}))
+    tracking.log_artifact_folder(settings, run_id, folder, SELECTION_ARTIFACTS)
+
+
+def selection_probabilities(settings: Settings, run_id: str) -> tuple[np.ndarray, list[str], list[str]]:
+    """A candidate run's selection probabilities (rows x classes, float32), the class names of
+    its columns and the true label of each row (see `_log_selection`)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = tracking.download_run_artifacts(settings, run_id, SELECTION_ARTIFACTS, tmp)
+        proba = np.load(folder / "proba.npy")
+        document = json.loads((folder / "labels.json").read_text())
+    return proba, document["labels"], document["y"]
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -157,6 +157,9 @@ def train(
     pipeline.fit(data.train_texts, data.train_labels)
     fit_s = time.perf_counter() - started
     predictor = TfidfPredictor(pipeline, {"params": params}, data.labels)
-    val = classification_metrics(data.val_labels, predictor.predict_proba(data.val_texts), data.labels)
-    on_metrics({"fit_s": fit_s, "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}, 0)
+    metrics = {"fit_s": fit_s}
+    if data.val_texts:  # a refit on train+val (components/selection.py) has no validation split
+        val = classification_metrics(data.val_labels, predictor.predict_proba(data.val_texts), data.labels)
+        metrics |= {"val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
+    on_metrics(metrics, 0)
     return predictor

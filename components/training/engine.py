@@ -174,6 +174,9 @@ def fit(
         elif per_epoch is not None:
             total_micro = spec.epochs * per_epoch
             total_steps = math.ceil(total_micro / accum)
+            if spec.min_steps is not None and total_steps < spec.min_steps:
+                # Too few rows for `epochs` to train enough: run min_steps, over as many epochs as that takes.
+                total_steps, total_micro = spec.min_steps, None
         else:
             raise ValueError("the batch source has no length: set TrainingSpec.max_steps")
         steps_per_epoch = math.ceil(per_epoch / accum) if per_epoch else None
