@@ -243,6 +243,13 @@ class SelectionSpec(_Spec):
     seed: int = 42
 
 
+class EnsembleSpec(_Spec):
+    """The ensemble candidate: soft voting over the task's trained classifiers (flows/ensemble.py)."""
+
+    enabled: bool = True
+    min_members: int = Field(2, ge=2)  # fewer trained classification candidates: no ensemble
+
+
 class SizeRule(_Spec):
     """Which candidates a dataset's size admits (components/models/size_rule.py applies it)."""
 
@@ -267,6 +274,7 @@ class TaskSpec(_Spec):
     checks: BehaviouralChecks = Field(default_factory=BehaviouralChecks)
     # candidate name -> its search space, for `maas sweep`.
     sweeps: dict[str, SweepSpec] = Field(default_factory=dict)
+    ensemble: EnsembleSpec = Field(default_factory=EnsembleSpec)
     size_rule: SizeRule = Field(default_factory=SizeRule)
 
 

@@ -17,6 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.config import PipelineConfig
 from components.data.fingerprint import dataset_version
+from flows.ensemble import add_ensembles
 from flows.ingest import DataVersions, ensure_data, ingest
 from flows.leaderboard import leaderboard, log_comparison, publish_artifacts
 from flows.logs import run_logger
@@ -93,6 +94,8 @@ def run_steps(settings: Settings, config: PipelineConfig, get_data: Callable[[],
     logger.info("[2/5] train: %s", "; ".join(f"{name}: {', '.join(c.name for c in spec.candidates)}"
                                             for name, spec in config.named_tasks()))
     results = train_candidates(settings, config, data, force=force, config_name=config_name)
+    logger.info("[2/5] train: the ensemble of each classification task's trained candidates")
+    results = add_ensembles(settings, config, results, data, config_name=config_name, force=force)
     logger.info("[3/5] promote: the best candidate of each task challenges its champion")
     decisions = promote_champions(settings, config, results, data)
     logger.info("[4/5] log the comparison of the candidates")
