@@ -279,32 +279,48 @@ class MaasService:
         if self.inference_log is not None:
             self.inference_log.close()
 
-    def _observe(self, endpoint: str, texts: list[str], labels: list[str], confidences: list[float]) -> None:
-        """Metrics (classify only) and the inference log of a batch; never fails the request."""
+    def _observe(
+        self, endpoint: str, texts: list[str], items: list[dict], oov: list[float] | None = None
+    ) -> None:
+        """Metrics (classify only) and the inference log of a batch's items (`predict`'s or
+        `explain`'s); never fails the request."""
         try:
+            labels = [item["label"] for item in items]
+            confidences = [
+                item["probability"] if "probability" in item else item["probabilities"][item["label"]]
+                for item in items
+            ]
             if endpoint == "classify":
                 self.metrics.observe(endpoint, labels, confidences)
             if self.inference_log is not None:
-                oov = self._oov_shares(texts)
+                if oov is None and self._oov_known:
+                    oov = self._oov_shares(texts)
                 self.inference_log.add_batch(endpoint, self._logged_model, texts, labels, confidences, oov)
         except Exception as exc:  # noqa: BLE001  (monitoring must not cost a prediction)
             logger.warning("monitoring of a %s batch failed: %s", endpoint, exc)
 
     def _oov_shares(self, texts: list[str]) -> list[float] | None:
-        if not self._oov_known:
-            return None
         try:
             return self.classifier.oov_shares(texts)
         except NotImplementedError as exc:
-            logger.warning("the inference log records no OOV share: %s", exc)
-            self._oov_known = False
+            self._no_oov(exc)
             return None
+
+    def _no_oov(self, reason: NotImplementedError) -> None:
+        logger.warning("the inference log records no OOV share: %s", reason)
+        self._oov_known = False
 
     def _predict(self, texts: list[str]) -> list[Classification]:
         version = self.classifier_info.model_version
-        items = self.classifier.predict(texts)
-        labels = [item["label"] for item in items]
-        self._observe("classify", texts, labels, [item["probabilities"][item["label"]] for item in items])
+        items, oov = None, None
+        if self.inference_log is not None and self._oov_known:
+            try:  # one pass for both where the kind can (TF-IDF reads each word once for the two)
+                items, oov = self.classifier.predict_with_oov(texts)
+            except NotImplementedError as exc:  # raised before the model runs (ClassifierPredictor)
+                self._no_oov(exc)
+        if items is None:
+            items = self.classifier.predict(texts)
+        self._observe("classify", texts, items, oov)
         return [Classification(**item, model_version=version) for item in items]
 
     async def _classify(self, texts: list[str]) -> list[Classification]:
@@ -320,8 +336,7 @@ class MaasService:
     def _explain(self, texts: list[str], top_k: int) -> list[Explanation]:
         version = self.classifier_info.model_version
         items = self.classifier.explain(texts, top_k)
-        labels, probabilities = [item["label"] for item in items], [item["probability"] for item in items]
-        self._observe("explain", texts, labels, probabilities)
+        self._observe("explain", texts, items)
         return [Explanation(**item, model_version=version) for item in items]
 
     @bentoml.api

@@ -8,6 +8,7 @@
     python benchmarks/serve_load.py --bundle PATH        # any classifier bundle
     python benchmarks/serve_load.py                      # the store's latest maas-classifier (else --train-tfidf)
     python benchmarks/serve_load.py --bento maas:latest  # a Bento already built, served as it is
+    python benchmarks/serve_load.py --log-cost           # the inference log's cost: TF-IDF batched, log on vs off
 
 Except with --bento, the model is imported into a throw-away BentoML home, the Bento is built
 there with flows.bento.build_bento, and `bentoml serve <tag>` listens on 127.0.0.1 (a free port),
@@ -43,6 +44,14 @@ Targets at concurrency 32, no errors anywhere and RSS growth <= 10% for every mo
 
 The cheap TF-IDF baseline is the pipeline's TF-IDF with word unigrams only (CHEAP_TFIDF): the
 pipeline's default adds character n-grams, which make it about ten times slower per text.
+
+Every server logs its predictions (components/monitoring/inference_log.py) to the run's temp
+folder, as a deployment would. `--log-cost` measures what that log costs instead: the same Bento
+served twice at once, one with MAAS_INFERENCE_LOG=off, and batched loads at concurrency 32 sent
+to each in turn, `--rounds` times (at least 5), the order alternating (on-off, off-on, ...), so a
+round's two loads run seconds apart under about the same background load. It reports each
+round's requests/s with the log on over off, their median (the bar: >= 0.95) and spread, and
+the records the log-on server wrote (they must all be there once it has shut down).
 """
 
 from __future__ import annotations
@@ -76,6 +85,8 @@ CHEAP_TFIDF = {"char_ngrams": None, "word_ngrams": [1, 1]}  # over components.mo
 CHEAP_KIND = "tfidf_logreg"  # held to the echo comparison; every other kind to the in-process one
 REGISTERED_CLASSIFIER = "bbc-news-classifier"  # the default pipeline's registered classifier
 BAR_CONCURRENCY = 32  # the concurrency the serving bar is checked at
+LOG_COST_BAR = 0.95  # requests/s with the inference log on, over off (issue #21)
+MIN_LOG_COST_ROUNDS = 5
 READY_TIMEOUT_S = 180
 
 
@@ -215,15 +226,22 @@ def build(bundle: Path, workdir: Path, serving: dict[str, int]) -> str:
 
 # -- the server ------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def served(tag: str, log_file: Path):
-    """`bentoml serve tag` on 127.0.0.1; yields (base url, process); stops its process group."""
+def served(tag: str, log_file: Path, inference_log: str):
+    """`bentoml serve tag` on 127.0.0.1 with MAAS_INFERENCE_LOG=`inference_log`; yields (base url,
+    process); stops its process group (the service flushes its inference log then)."""
     import httpx
 
+    from components.monitoring.inference_log import INFERENCE_LOG_ENV
     from flows.prefect_server import free_port
 
     port = free_port()
     # The baseline and ceiling endpoints are served only when asked for (service.py, BENCHMARK_ENV).
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "MAAS_BENCHMARK_ENDPOINTS": "1"}
+    env = {
+        **os.environ,
+        "BENTOML_DO_NOT_TRACK": "True",
+        "MAAS_BENCHMARK_ENDPOINTS": "1",
+        INFERENCE_LOG_ENV: inference_log,
+    }
     env.pop("MAAS_API_TOKEN", None)
     command = [sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)]
     with log_file.open("wb") as sink:
@@ -325,7 +343,7 @@ def benchmark(
     in_process_rounds: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     with (
-        served(tag, workdir / "serve.log") as (url, process),
+        served(tag, workdir / "serve.log", str(workdir / "inference")) as (url, process),
         ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool,
     ):
         info = httpx.post(f"{url}/info", json={}, timeout=10).json()
@@ -413,6 +431,89 @@ def benchmark(
         "classify_batches_run": placement[-1].rsplit("batches run ", 1)[-1] if placement else "unknown",
         "targets": targets(rows, (rss_after - rss_warm) / rss_warm, kind, accelerator=on_accelerator()),
     }
+
+
+def log_cost(args: argparse.Namespace, tag: str, texts: list[str], workdir: Path) -> dict:
+    """Batched loads at concurrency 32 on two servers of `tag`, the inference log on and off, in turn."""
+    import httpx
+
+    from components.monitoring.inference_log import OFF, read_log
+
+    folder = workdir / "inference"
+    rounds = max(args.rounds, MIN_LOG_COST_ROUNDS)
+    loads: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    with contextlib.ExitStack() as stack:
+        servers = {
+            "on": stack.enter_context(served(tag, workdir / "serve-log-on.log", str(folder))),
+            "off": stack.enter_context(served(tag, workdir / "serve-log-off.log", OFF)),
+        }
+        pool = stack.enter_context(ProcessPoolExecutor(1, mp_context=get_context("spawn")))
+        info = httpx.post(f"{servers['on'][0]}/info", json={}, timeout=10).json()
+        texts = [text for text in texts if len(text) <= info["limits"]["max_chars"]]
+        bodies = [json.dumps({"texts": [text]}).encode() for text in texts]
+        model = f"{info['models']['classifier']['kind']} {info['models']['classifier']['bento_model']}"
+        log(f"log on at {servers['on'][0]}, off at {servers['off'][0]}: {model}")
+        for url, _ in servers.values():
+            pool.submit(
+                run_load, url + MODES["batched"], bodies, WARMUP_REQUESTS, BAR_CONCURRENCY, args.timeout
+            ).result()
+        for number in range(rounds):
+            for name in ("on", "off") if number % 2 == 0 else ("off", "on"):
+                url, process = servers[name]
+                result = load_once(
+                    pool, process.pid, url, "batched", bodies, args.requests, BAR_CONCURRENCY, args.timeout
+                )
+                loads[name].append(result)
+                log(
+                    f"round {number + 1}, log {name}: {result['requests_per_s']} req/s, {result['server_cpu_ms']} ms CPU/request"
+                )
+    # Both servers are stopped now: the log-on one flushed its log on shutdown.
+    records = len(read_log(folder))
+    ratios = [
+        on["requests_per_s"] / off["requests_per_s"]
+        for on, off in zip(loads["on"], loads["off"], strict=True)
+    ]
+    cpu_ratios = [
+        on["server_cpu_ms"] / off["server_cpu_ms"] for on, off in zip(loads["on"], loads["off"], strict=True)
+    ]
+    median = statistics.median(ratios)
+    return {
+        "model": model,
+        "concurrency": BAR_CONCURRENCY,
+        "requests_per_load": args.requests,
+        "rounds": [
+            {
+                "on_requests_per_s": on["requests_per_s"],
+                "off_requests_per_s": off["requests_per_s"],
+                "ratio": round(r, 3),
+            }
+            for on, off, r in zip(loads["on"], loads["off"], ratios, strict=True)
+        ],
+        "ratio_median": round(median, 3),
+        "ratio_min": round(min(ratios), 3),
+        "ratio_max": round(max(ratios), 3),
+        "cpu_per_request_ratio_median": round(statistics.median(cpu_ratios), 3),
+        "errors": sum(load["errors"] for runs in loads.values() for load in runs),
+        "records_logged": records,
+        "records_expected": WARMUP_REQUESTS + rounds * args.requests,
+        "bar": LOG_COST_BAR,
+        "bar_ok": median >= LOG_COST_BAR,
+    }
+
+
+def print_log_cost(report: dict) -> None:
+    print(f"{'round':>5} {'log on req/s':>13} {'log off req/s':>14} {'on/off':>7}")
+    for number, row in enumerate(report["rounds"], 1):
+        print(f"{number:>5} {row['on_requests_per_s']:>13} {row['off_requests_per_s']:>14} {row['ratio']:>7}")
+    print(
+        f"\n{report['model']}, batched at concurrency {report['concurrency']}, {report['requests_per_load']} "
+        f"requests a load: on/off median {report['ratio_median']} (spread {report['ratio_min']}-"
+        f"{report['ratio_max']}; server CPU per request on/off {report['cpu_per_request_ratio_median']})"
+    )
+    print(
+        f"records logged {report['records_logged']} of {report['records_expected']}; errors {report['errors']}"
+    )
+    print(f"bar on/off >= {report['bar']}: {'met' if report['bar_ok'] else 'NOT met'}")
 
 
 def load_once(
@@ -571,6 +672,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--train-tfidf", action="store_true", help="train the cheap TF-IDF baseline on BBC News first"
     )
     source.add_argument("--bento", help="serve this already built Bento from the current store as it is")
+    source.add_argument(
+        "--log-cost",
+        action="store_true",
+        help="the inference log's cost: the cheap TF-IDF (trained here) batched, log on vs off, paired rounds",
+    )
     parser.add_argument(
         "--candidate",
         help="the newest registered version of this candidate (e.g. pretrained); with --suite: the model-bound case",
@@ -633,7 +739,7 @@ def subjects(args: argparse.Namespace) -> list[str]:
         return ["tfidf", "candidate"]
     if args.bento:
         return ["bento"]
-    if args.train_tfidf:
+    if args.train_tfidf or args.log_cost:
         return ["tfidf"]
     if args.candidate:
         return ["candidate"]
@@ -676,6 +782,8 @@ def benchmark_one(
             stack.enter_context(compat.use_bentoml_home(workdir / "bentoml"))
             tag = build(Path(bundle), workdir, {k: v for k, v in overrides.items() if v is not None})
         chosen = [texts[i] for i in random.Random(0).sample(pool, min(args.texts, len(pool)))]
+        if args.log_cost:
+            return log_cost(args, tag, chosen, workdir)
         kind = read_manifest(bundle)["kind"]
         return benchmark(args, tag, Path(bundle), kind, chosen, workdir)
 
@@ -689,6 +797,16 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
     texts, labels = bbc_articles()
+    if args.log_cost:
+        with tempfile.TemporaryDirectory(prefix="maas-serve-load-") as tmp:
+            report = {"log_cost": benchmark_one(args, "tfidf", texts, labels, Path(tmp))}
+        report |= {"load_average": os.getloadavg(), "cpu_count": os.cpu_count()}
+        if args.json:
+            print(json.dumps(report))
+        else:
+            print_log_cost(report["log_cost"])
+            print(f"load average at the end {report['load_average']} on {report['cpu_count']} CPUs")
+        return report
     models = []
     for subject in subjects(args):
         with tempfile.TemporaryDirectory(prefix="maas-serve-load-") as tmp:

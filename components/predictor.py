@@ -89,7 +89,20 @@ class ClassifierPredictor(Predictor):
 
     def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         """Label and per-class probabilities for each text (what the service returns)."""
-        proba = self.predict_proba(texts)
+        return self.labelled(self.predict_proba(texts))
+
+    def predict_with_oov(self, texts: Sequence[str]) -> tuple[list[dict[str, Any]], list[float]]:
+        """`predict` and `oov_shares` of the same texts (NotImplementedError: the kind has no OOV share)."""
+        proba, oov = self.proba_and_oov(texts)
+        return self.labelled(proba), oov
+
+    def proba_and_oov(self, texts: Sequence[str]) -> tuple[np.ndarray, list[float]]:
+        """`predict_proba` and `oov_shares`; a kind that reads the words once for both overrides it."""
+        oov = self.oov_shares(texts)  # first: a kind without OOV shares fails before the model runs
+        return self.predict_proba(texts), oov
+
+    def labelled(self, proba: np.ndarray) -> list[dict[str, Any]]:
+        """`predict`'s items from `predict_proba`'s rows."""
         return [
             {
                 "label": self.labels[int(row.argmax())],

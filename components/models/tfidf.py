@@ -112,6 +112,13 @@ class TfidfPredictor(ClassifierPredictor):
             shares.append(share(len(words) - sum(map(known, words)), len(words)))  # map: lookups at C speed
         return shares
 
+    def proba_and_oov(self, texts: Sequence[str]) -> tuple[np.ndarray, list[float]]:
+        """A word-unigram model counts the OOV shares from the lookups its prediction makes anyway."""
+        if self._scorer is None or self._scorer.oov_branch is None or len(texts) == 0:
+            return super().proba_and_oov(texts)
+        oov = np.empty(len(texts), dtype=np.float64)
+        return self._scorer.predict_proba(texts, oov), oov.tolist()
+
     @cached_property
     def _vocabulary_words(self) -> tuple[Callable[[str], list[str]], dict[str, int]]:
         """The word vectoriser's words of a text, and the words its vocabulary holds (as unigrams)."""

@@ -88,7 +88,9 @@ class _Branch:
     """One fitted TfidfVectorizer, as the (row, column, value) entries of its TF-IDF matrix."""
 
     def __init__(self, vectorizer: TfidfVectorizer, weights: np.ndarray):
-        self.analyze: Callable[[str], list[str]] = _word_tokenizer(vectorizer) or vectorizer.build_analyzer()
+        words = _word_tokenizer(vectorizer)
+        self.analyze: Callable[[str], list[str]] = words or vectorizer.build_analyzer()
+        self.reads_words = words is not None  # its features are the text's words: unknown ones are OOV
         self.lookup = vectorizer.vocabulary_.get
         self.width = len(vectorizer.vocabulary_)
         self.binary = vectorizer.binary
@@ -97,8 +99,12 @@ class _Branch:
         self.norm = vectorizer.norm
         self.weights = weights  # this branch's rows of the classifier's coefficients, (width, classes)
 
-    def entries(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Row, column and TF-IDF value of every non-zero feature, rows ascending."""
+    def entries(
+        self, texts: Sequence[str], oov_out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row, column and TF-IDF value of every non-zero feature, rows ascending. `oov_out`
+        (len(texts),), for a branch that `reads_words`: each text's share of words outside the
+        vocabulary (1.0 for a text without words), counted from the same lookups."""
         columns: list[int] = []
         lengths: list[int] = []
         for text in texts:
@@ -109,6 +115,11 @@ class _Branch:
         found = np.asarray(columns, dtype=np.int64)
         rows = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
         known = found >= 0
+        if oov_out is not None:
+            totals = np.asarray(lengths, dtype=np.float64)
+            unknown = np.bincount(rows[~known], minlength=len(texts)).astype(np.float64)
+            oov_out[:] = 1.0
+            np.divide(unknown, totals, out=oov_out, where=totals > 0)
         # One key per (text, term): counting the sorted unique keys gives the term counts.
         keys, counts = np.unique(rows[known] * self.width + found[known], return_counts=True)
         rows, columns_out = np.divmod(keys, self.width)
@@ -138,9 +149,9 @@ class _Branch:
         rows, columns, values = self.entries(texts)
         return sp.csr_matrix((values, (rows, columns)), shape=(len(texts), self.width))
 
-    def add_scores(self, texts: Sequence[str], scores: np.ndarray) -> None:
+    def add_scores(self, texts: Sequence[str], scores: np.ndarray, oov_out: np.ndarray | None = None) -> None:
         """scores += this branch's TF-IDF matrix @ its weights, without building the matrix."""
-        rows, columns, values = self.entries(texts)
+        rows, columns, values = self.entries(texts, oov_out)
         if len(rows) == 0:
             return
         contributions = self.weights[columns] * values[:, None]
@@ -161,6 +172,12 @@ class LinearTfidfScorer:
             for v, start, stop in zip(vectorizers, offsets[:-1], offsets[1:], strict=True)
         ]
         self.intercept = classifier.intercept_
+        # The first word vectoriser (the one whose words OOV shares count), when its features are
+        # its words: then predict_proba counts the OOV shares from the lookups it makes anyway.
+        word = next(
+            (b for v, b in zip(vectorizers, self.branches, strict=True) if v.analyzer == "word"), None
+        )
+        self.oov_branch = word if word is not None and word.reads_words else None
 
     @classmethod
     def from_pipeline(cls, pipeline: Pipeline) -> LinearTfidfScorer | None:
@@ -189,10 +206,14 @@ class LinearTfidfScorer:
         rows = [branch.transform(texts) for branch in self.branches]
         return rows[0] if len(rows) == 1 else sp.hstack(rows, format="csr")
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str], oov_out: np.ndarray | None = None) -> np.ndarray:
+        """Class probabilities; `oov_out` (len(texts),), only when `oov_branch` is set, receives the
+        texts' OOV shares of that branch."""
+        if oov_out is not None and self.oov_branch is None:
+            raise ValueError("this pipeline's word vectoriser does not read plain words: no OOV share here")
         scores = np.tile(self.intercept, (len(texts), 1))
         for branch in self.branches:
-            branch.add_scores(texts, scores)
+            branch.add_scores(texts, scores, oov_out if branch is self.oov_branch else None)
         return probabilities(scores)
 
 

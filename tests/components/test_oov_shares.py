@@ -20,18 +20,36 @@ def test_the_share_rules():
     )
 
 
-def test_tfidf_counts_words_missing_from_the_word_vocabulary():
+@pytest.fixture(scope="module")
+def tfidf_models() -> dict:
     from components.config import ModelSpec
     from components.data.dataset import ClassificationData
     from components.models.tfidf import train
 
     labels = ["a", "b"] * 20
     data = ClassificationData(TRAIN, labels, TRAIN[:4], labels[:4], TRAIN[:4], labels[:4], labels=["a", "b"])
-    # Word 1-2-grams plus a character branch, as the default model: only the word branch's words count.
-    spec = ModelSpec(name="t", kind="tfidf_logreg", params={"min_df": 1, "char_ngrams": [2, 3]})
-    predictor = train(spec, data, None, lambda metrics, step: None)
-    shares = predictor.oov_shares([KNOWN, UNKNOWN, f"{KNOWN} {UNKNOWN}", "Apple!"])
-    assert shares == [0.0, 1.0, pytest.approx(2 / 6), 0.0]  # lowercased as the vectoriser does
+    variants = {
+        # word 1-2-grams plus a character branch, as the default model: only the word branch's words count
+        "default": {"min_df": 1, "char_ngrams": [2, 3]},
+        # word unigrams only (the cheap serving model): the prediction's own lookups give the shares
+        "unigrams": {"min_df": 1, "char_ngrams": None, "word_ngrams": [1, 1]},
+    }
+    return {
+        name: train(ModelSpec(name="t", kind="tfidf_logreg", params=params), data, None, lambda m, s: None)
+        for name, params in variants.items()
+    }
+
+
+@pytest.mark.parametrize("variant", ["default", "unigrams"])
+def test_tfidf_counts_words_missing_from_the_word_vocabulary(tfidf_models, variant):
+    predictor = tfidf_models[variant]
+    texts = [KNOWN, UNKNOWN, f"{KNOWN} {UNKNOWN}", "Apple!", "?"]
+    expected = [0.0, 1.0, pytest.approx(2 / 6), 0.0, 1.0]  # lowercased as the vectoriser does; "?": no word
+    assert predictor.oov_shares(texts) == expected
+    # One pass for both gives the same numbers (the unigram model counts them inside its prediction).
+    assert (predictor._scorer.oov_branch is not None) == (variant == "unigrams")
+    items, oov = predictor.predict_with_oov(texts)
+    assert oov == expected and items == predictor.predict(texts)
 
 
 def _torch_predictor(cls, kind: str, tokenizer, config: dict):
