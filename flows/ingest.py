@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +25,9 @@ from prefect import flow, task
 from components.config import DatasetSpec, PipelineConfig
 from components.data import fingerprint
 from components.data.fingerprint import dataset_version, folder_listing
-from components.data.ingest import ingest_dataset
+from components.data.ingest import ingest_dataset, should_stream
 from flows import versioning
+from flows.dask_runner import Execution, chunk_mapper, flow_on_dask
 from flows.logs import run_logger
 from flows.retries import TRANSIENT_RETRIES
 from flows.settings import Settings
@@ -47,10 +49,19 @@ def ingest_order(datasets: list[DatasetSpec]) -> list[DatasetSpec]:
 
 @task(name="ingest-dataset")
 def ingest_one(settings: Settings, spec: DatasetSpec) -> str:
+    """One dataset; a streamed one runs its chunk work on Dask when `MAAS_TASK_RUNNER`/`MAAS_DASK_ADDRESS` ask."""
     logger = run_logger()
-    manifest = ingest_dataset(
-        spec, settings.data_root, cache_dir=settings.download_cache, base_dir=settings.project_dir
+    execution = Execution.from_env()
+    streams = (execution.on_dask or flow_on_dask()) and should_stream(
+        spec, base_dir=settings.project_dir, cache_dir=settings.download_cache
     )
+    with chunk_mapper(execution) if streams else nullcontext() as map_chunks:
+        if map_chunks is not None:
+            logger.info("dataset %s: cleaning chunks on Dask (%s)", spec.name, execution.address or "local cluster")
+        manifest = ingest_dataset(
+            spec, settings.data_root, cache_dir=settings.download_cache, base_dir=settings.project_dir,
+            map_chunks=map_chunks,
+        )
     version = dataset_version(settings.data_root / spec.name)
     counts = manifest["counts"]
     size = (f"{sum(counts['rows'].values())} rows" if "rows" in counts

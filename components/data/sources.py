@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from components.config import SourceSpec
-from components.data.dataset import MANIFEST_FILE, SPLITS, read_dataset_manifest
+from components.data.dataset import MANIFEST_FILE, SPLITS, read_dataset_manifest, split_files
 from components.data.decoding import decode_lines, decode_text, read_text_file
 from components.data.locations import download, find_package_folder, resolve_path
 from components.data.rows import LABEL, ROW, TEXT, RowIssue, RowRef
@@ -344,10 +344,11 @@ def read_ingested_dataset(folder: Path) -> pd.DataFrame:
             f"source dataset '{folder.name}' is a {manifest.get('task')} dataset; "
             "only classification datasets can feed another dataset"
         )
-    frames = [pd.read_parquet(folder / f"{split}.parquet") for split in SPLITS]
+    paths = [path for split in SPLITS for path in split_files(folder, split, manifest)]
+    frames = [pd.read_parquet(path) for path in paths]
     rows = (
-        [RowRef(f"{folder.name}/{split}.parquet", number) for number in range(1, len(frame) + 1)]
-        for split, frame in zip(SPLITS, frames, strict=True)
+        [RowRef(f"{folder.name}/{path.relative_to(folder).as_posix()}", number) for number in range(1, len(frame) + 1)]
+        for path, frame in zip(paths, frames, strict=True)
     )
     return pd.DataFrame(
         {
@@ -462,7 +463,8 @@ def _jsonl_chunks(
 def _csv_header(path: Path, encoding: str) -> list[str]:
     import csv
 
-    with open(path, encoding=encoding, newline="") as handle:
+    # A bad byte further down is pyarrow's to find (and ours to name by line), not the header's.
+    with open(path, encoding=encoding, errors="replace", newline="") as handle:
         header = next(csv.reader(handle), None)
     if not header:
         raise DataValidationError("no rows", f"{path.name} is empty: no header and no rows")
@@ -484,33 +486,23 @@ def _csv_chunks(
     encoding = source.encoding or "utf-8"
     header = _csv_header(path, "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding)
     columns = _needed_columns(header, source, path.name, require_label)
-    reader = pacsv.open_csv(
-        path,
-        read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, encoding=encoding),
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(
-            include_columns=columns,
-            column_types={column: pa.string() for column in columns},
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-    )
-    batches = _csv_batches(reader, path, source)
-    yield from _rebatched(batches, chunk_rows, path.name)
-
-
-def _csv_batches(reader, path: Path, source: SourceSpec):
-    import pyarrow as pa
-
-    while True:
-        try:
-            yield reader.read_next_batch()
-        except StopIteration:
-            return
-        except pa.ArrowInvalid as error:
-            if "UTF8" in str(error) and source.encoding is None:
-                _raise_first_bad_line(path)
-            raise ValueError(f"{path.name} is not a valid CSV file: {error}") from None
+    try:
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, encoding=encoding),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=columns,
+                column_types={column: pa.string() for column in columns},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        yield from _rebatched(reader, chunk_rows, path.name)
+    except pa.ArrowInvalid as error:
+        if "UTF8" in str(error) and source.encoding is None:
+            _raise_first_bad_line(path)
+        raise ValueError(f"{path.name} is not a valid CSV file: {error}") from None
 
 
 def _raise_first_bad_line(path: Path) -> None:

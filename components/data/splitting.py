@@ -6,12 +6,18 @@ order within a split (sorted by the original row index), so the written files do
 depend on the shuffle. Generation: the corpus is one text cut into contiguous blocks,
 train first, as in nanoGPT's ``prepare.py``: a random row split would leak long
 repeated passages and hide the distribution shift a language model must handle.
+
+A streamed classification dataset is split from hashes instead (:func:`rank_within_labels`,
+:func:`hash_split_codes`): per label, rows are ranked by a seeded mix of their text's
+digest and the ranks cut at the fractions, which needs no texts in memory and gives the
+same split whatever the row order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import pandas as pd
 
 from components.data.dataset import SPLITS
@@ -70,6 +76,48 @@ def _stratified_holdout(
             f"rows per label {counts}): {error}"
         ) from error
     return frame.loc[sorted(kept)], frame.loc[sorted(held)]
+
+
+def rank_within_labels(keys: np.ndarray, label_ids: np.ndarray) -> np.ndarray:
+    """Each row's rank (0 = smallest key) among the rows of its label."""
+    order = np.lexsort((keys, label_ids))
+    sorted_labels = label_ids[order]
+    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    ranks = np.empty(len(keys), dtype=np.int64)
+    ranks[order] = np.arange(len(keys)) - starts
+    return ranks
+
+
+def split_keys(digests: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded bijective mix (splitmix64's finaliser) of each digest: the order the split cuts."""
+    with np.errstate(over="ignore"):
+        x = digests ^ np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def hash_split_codes(
+    ranks: np.ndarray, label_ids: np.ndarray, per_label: np.ndarray, fractions: Mapping[str, float]
+) -> np.ndarray:
+    """Each row's split (index into SPLITS): per label, the lowest ranks go to test, the next to
+    val (the in-memory carve order), each ``round(fraction * rows of the label)``; train keeps the rest."""
+    codes = np.full(len(ranks), SPLITS.index("train"), dtype=np.int8)
+    start = np.zeros(len(per_label), dtype=np.int64)
+    for split in (n for n in _CARVE_ORDER if n in fractions):
+        end = start + np.floor(per_label * fractions[split] + 0.5).astype(np.int64)
+        codes[(ranks >= start[label_ids]) & (ranks < end[label_ids])] = SPLITS.index(split)
+        start = end
+    return codes
+
+
+def largest_remainder(counts: np.ndarray, total: int) -> np.ndarray:
+    """``total`` rows shared between labels in proportion to ``counts``."""
+    exact = counts * total / counts.sum()
+    quota = np.floor(exact).astype(np.int64)
+    for i in np.argsort(-(exact - quota), kind="stable")[: total - int(quota.sum())]:
+        quota[i] += 1
+    return quota
 
 
 def join_corpus(texts: list[str]) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -41,6 +40,7 @@ from components.config import DatasetSpec, Task
 from components.data.cleaning import Dropped, clean
 from components.data.dataset import SHARDS_LAYOUT, SPLITS
 from components.data.rows import LABEL, ROW, TEXT, RowIssue, RowRef
+from components.data.splitting import hash_split_codes, largest_remainder, rank_within_labels, split_keys
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,9 @@ def _write_rows(frame: pd.DataFrame, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    labels = [None if _missing(v) else v for v in frame[LABEL].tolist()]  # reported by plan()
     table = pa.table({TEXT: pa.array(frame[TEXT].tolist(), type=pa.string()),
-                      LABEL: pa.array(frame[LABEL].tolist(), type=pa.string())})
+                      LABEL: pa.array(labels, type=pa.string())})
     pq.write_table(table, path, compression="zstd")
 
 
@@ -161,29 +162,6 @@ class Plan:
     per_class: dict[str, dict[str, int]]
     dropped: Dropped
     read: int
-
-
-def rank_within_labels(keys: np.ndarray, label_ids: np.ndarray) -> np.ndarray:
-    """Each row's rank (0 = smallest key) among the rows of its label."""
-    order = np.lexsort((keys, label_ids))
-    sorted_labels = label_ids[order]
-    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
-    ranks = np.empty(len(keys), dtype=np.int64)
-    ranks[order] = np.arange(len(keys)) - starts
-    return ranks
-
-
-def split_keys(digests: np.ndarray, seed: int) -> np.ndarray:
-    """A seeded bijective mix (splitmix64's finaliser) of each digest: the order the split cuts."""
-    with np.errstate(over="ignore"):
-        x = digests ^ np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def _share(count: np.ndarray, fraction: float) -> np.ndarray:
-    return np.floor(count * fraction + 0.5).astype(np.int64)
 
 
 def plan(results: list[ChunkResult], spec: DatasetSpec) -> Plan:
@@ -235,7 +213,7 @@ def plan(results: list[ChunkResult], spec: DatasetSpec) -> Plan:
     per_label = np.bincount(source_ids, minlength=len(labels))
     sampled_out = 0
     if spec.max_rows is not None and source.sum() > spec.max_rows:
-        quota = _largest_remainder(per_label, spec.max_rows)
+        quota = largest_remainder(per_label, spec.max_rows)
         keep = ranks < quota[source_ids]
         sampled_out = int((~keep).sum())
         per_label = quota
@@ -243,13 +221,7 @@ def plan(results: list[ChunkResult], spec: DatasetSpec) -> Plan:
         keep = np.ones(len(ranks), dtype=bool)
     carved = {s: f for s, f in (("test", spec.test_fraction), ("val", spec.val_fraction))
               if not any(r.split == s for r in results)}
-    codes = np.full(len(ranks), SPLITS.index("train"), dtype=np.int8)
-    start = np.zeros(len(labels), dtype=np.int64)
-    for split in PINNED_ORDER:  # test takes the lowest ranks, then val, as the in-memory carve order
-        if split in carved:
-            end = start + _share(per_label, carved[split])
-            codes[(ranks >= start[source_ids]) & (ranks < end[source_ids])] = SPLITS.index(split)
-            start = end
+    codes = hash_split_codes(ranks, source_ids, per_label, carved)
     codes[~keep] = -1
     split_of[source] = codes
 
@@ -260,15 +232,6 @@ def plan(results: list[ChunkResult], spec: DatasetSpec) -> Plan:
     }
     return Plan(split_of=split_of, labels=labels, per_class=per_class,
                 dropped=dropped + Dropped(sampled_out=sampled_out), read=sum(r.read for r in results))
-
-
-def _largest_remainder(counts: np.ndarray, total: int) -> np.ndarray:
-    """``total`` rows shared between labels in proportion to ``counts``."""
-    exact = counts * total / counts.sum()
-    quota = np.floor(exact).astype(np.int64)
-    for i in np.argsort(-(exact - quota), kind="stable")[: total - int(quota.sum())]:
-        quota[i] += 1
-    return quota
 
 
 def _ref(results: list[ChunkResult], chunk_of: np.ndarray, offsets: np.ndarray, i: int) -> RowRef:
@@ -402,10 +365,3 @@ def chunk_dir(data_root: Path, name: str) -> tempfile.TemporaryDirectory:
 def class_counts(planned: Plan) -> dict[str, Any]:
     rows = {split: sum(planned.per_class[split].values()) for split in SPLITS}
     return {"rows": rows, "per_class": planned.per_class, "read": planned.read}
-
-
-def labels_in(per_class: Mapping[str, Mapping[str, int]]) -> Counter:
-    total: Counter = Counter()
-    for counts in per_class.values():
-        total.update(counts)
-    return total
