@@ -181,7 +181,7 @@ def sweep(
     config: ConfigOption = "default",
     method: Annotated[str | None, typer.Option(help="grid, random or optuna (default: the config's).")] = None,
     trials: Annotated[int | None, typer.Option(help="Number of trials (default: the config's).")] = None,
-    runner: Annotated[str, typer.Option(help="Task runner: threads or processes.")] = "threads",
+    runner: Annotated[str, typer.Option(help="Task runner: threads, processes or dask.")] = "threads",
 ) -> None:
     """Search one candidate's hyperparameters; the best trial challenges the champion."""
     settings, cfg = _setup(config, flows=True)

@@ -51,7 +51,15 @@ from components.data.sources import (
     split_file_path,
 )
 from components.data.splitting import join_corpus, split_classification, split_corpus
-from components.data.streaming import Mapper, chunk_dir, class_counts, plan, run_chunks, stream_chunks, write_shards
+from components.data.streaming import (
+    Mapper,
+    chunk_dir,
+    class_counts,
+    plan,
+    run_chunks,
+    stream_chunks,
+    write_shards,
+)
 from components.data.validation import (
     check_has_rows,
     check_labels,

@@ -38,7 +38,7 @@ import pandas as pd
 
 from components.config import DatasetSpec, Task
 from components.data.cleaning import Dropped, clean
-from components.data.dataset import SHARDS_LAYOUT, SPLITS
+from components.data.dataset import SPLITS
 from components.data.rows import LABEL, ROW, TEXT, RowIssue, RowRef
 from components.data.splitting import hash_split_codes, largest_remainder, rank_within_labels, split_keys
 
