@@ -41,7 +41,7 @@ the plain Adam of the original LSTM design.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -61,9 +61,9 @@ from components.text.classifier_tokenizer import (
     encode_padded,
     fit_tokenizer,
     load_tokenizer,
-    pad_encoded,
 )
 from components.text.oov import split_word_share, unknown_id_share
+from components.text.token_shards import cached_token_shards, fingerprint_file, in_batches, texts_key
 from components.text.word_vectors import ppmi_svd_vectors
 from components.training.batches import IndexBatches
 from components.training.callbacks import MetricsCallback, no_metrics
@@ -145,7 +145,7 @@ def resolve_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def init_embedding_from_ids(embedding: nn.Embedding, token_ids: Sequence[Sequence[int]], seed: int) -> None:
+def init_embedding_from_ids(embedding: nn.Embedding, token_ids: Iterable[Sequence[int]], seed: int) -> None:
     """Overwrite `embedding` with PPMI-SVD vectors of `token_ids` (whole texts, not truncated: the
     co-occurrences want every word), scaled to the standard deviation of the layer's own
     initialisation; the padding row stays zero."""
@@ -265,13 +265,16 @@ def train(
     if ckpt_dir is not None:
         mark_run(ckpt_dir, run.fingerprint)
 
-    # PPMI-SVD vectors want the whole training texts: then they are encoded whole, once, and
-    # truncated for training (the same ids: both tokenizers truncate by dropping trailing tokens).
+    # The training split is encoded whole, once, into memory-mapped token ids keyed by its content and
+    # the tokenizer (a resumed run reuses them); batches read their rows from the map, truncated to
+    # max_length: the same ids as encoding truncated (both tokenizers drop trailing tokens), without
+    # an (N, longest) tensor in memory. PPMI-SVD vectors read the whole documents from it too.
     ppmi_svd = params["embedding_init"] == "ppmi_svd"
-    train_encoded = tokenizer.encode_batch(
-        list(data.train_texts), max_length=None if ppmi_svd else t.max_length
+    train_tokens = cached_token_shards(
+        workdir / "tokens", texts_key(data.train_texts),
+        fingerprint_file((ckpt_dir or workdir) / TOKENIZER_FILES[tok_kind]), "train",
+        lambda: in_batches(data.train_texts), lambda batch: tokenizer.encode_batch(list(batch)), tokenizer.vocab_size,
     )
-    train_ids, train_len = pad_encoded([ids[: t.max_length] for ids in train_encoded])
     val_ids, val_len = encode_padded(tokenizer, data.val_texts, t.max_length)
     y_train, y_val = run.label_ids(data.train_labels), run.label_ids(data.val_labels)
 
@@ -280,7 +283,7 @@ def train(
     model = build_model(spec.kind, cfg)
     if ppmi_svd:
         log.info("initialising the token embeddings from PPMI-SVD word vectors of the training split")
-        init_embedding_from_ids(model.token_embedding, train_encoded, t.seed)
+        init_embedding_from_ids(model.token_embedding, train_tokens.documents(), t.seed)
     log.info(
         "training %s (%d parameters) on %d texts",
         spec.kind,
@@ -288,9 +291,7 @@ def train(
         len(y_train),
     )
 
-    batches = IndexBatches(
-        len(y_train), t.batch_size, _row_batcher(train_ids, train_len, y_train), seed=t.seed
-    )
+    batches = IndexBatches(len(y_train), t.batch_size, train_tokens.batcher(t.max_length, y_train), seed=t.seed)
     eval_bs = max(64, t.batch_size)
     evaluate = classification_evaluator(_row_batcher(val_ids, val_len), val_len, y_val, len(labels), eval_bs, t)
     result = fit_classifier(

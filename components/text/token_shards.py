@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,21 @@ TOKENS_FILE, OFFSETS_FILE, META_FILE = "tokens.bin", "offsets.npy", "meta.json"
 def fingerprint_file(path: str | Path) -> str:
     """A short hash of a saved tokenizer (vocab.json, tokenizer.json): the cache's tokenizer key."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def texts_key(texts: Iterable[str]) -> str:
+    """A short content hash of a list of documents: their data version when no other is at hand."""
+    digest = hashlib.sha256()
+    for text in texts:
+        encoded = text.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "little"))
+        digest.update(encoded)
+    return digest.hexdigest()[:16]
+
+
+def in_batches(texts: Sequence[str], rows: int = 10_000) -> Iterator[Sequence[str]]:
+    for start in range(0, len(texts), rows):
+        yield texts[start : start + rows]
 
 
 class TokenShards:
@@ -46,6 +61,15 @@ class TokenShards:
 
     def document(self, index: int) -> np.ndarray:
         return np.asarray(self.tokens[self.offsets[index] : self.offsets[index + 1]])
+
+    def documents(self) -> Iterator[np.ndarray]:
+        """Each document's ids in turn, read from the map one at a time."""
+        for index in range(len(self)):
+            yield self.document(index)
+
+    def lengths(self, max_length: int) -> torch.Tensor:
+        """Every document's length after truncation to `max_length`, (N,) int64."""
+        return torch.from_numpy(np.minimum(np.diff(self.offsets), max_length))
 
     def stream(self) -> torch.Tensor:
         """All ids as one 1-D int64 tensor (the language-model corpus)."""

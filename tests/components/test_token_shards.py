@@ -37,6 +37,8 @@ def test_rows_read_from_the_map_equal_in_memory_encoding(tmp_path, vocab):
     ids, lengths = shards.batcher(max_length=6)(idx)
     expected_ids, expected_lengths = encode_padded(tokenizer, [TEXTS[i] for i in idx.tolist()], 6)
     assert torch.equal(ids, expected_ids) and torch.equal(lengths, expected_lengths)
+    assert torch.equal(shards.lengths(6), encode_padded(tokenizer, TEXTS, 6)[1])
+    assert [d.tolist() for d in shards.documents()] == tokenizer.encode_batch(TEXTS)
     targets = torch.arange(len(TEXTS)) * 10
     assert torch.equal(shards.batcher(6, targets)(idx)[2], targets[idx])
 
