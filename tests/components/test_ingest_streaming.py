@@ -201,3 +201,13 @@ def test_peak_python_memory_stays_far_below_the_text_size(tmp_path):
         tracemalloc.stop()
     assert text_bytes > 9_000_000
     assert peak < text_bytes / 4, f"peak {peak} bytes for {text_bytes} bytes of text"
+
+
+def test_a_streamed_dataset_feeds_another_dataset(tmp_path, labelled_rows):
+    write(tmp_path / "rows.csv", labelled_rows)
+    ingest(tmp_path, shard_rows=20, **STREAM)
+    corpus = DatasetSpec(name="lm", task="generation", source={"kind": "dataset", "dataset": "news"})
+    manifest = ingest_dataset(corpus, tmp_path / "data", cache_dir=tmp_path / "cache", base_dir=tmp_path)
+    text = "".join((tmp_path / "data" / "lm" / f"{split}.txt").read_text() for split in ("train", "val"))
+    assert manifest["counts"]["documents"] == 60
+    assert all(row["text"] in text for row in labelled_rows[:40])  # read from every shard of every split
