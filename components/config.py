@@ -295,12 +295,29 @@ class ServingSpec(_Spec):
     max_explain_top_k: int = Field(50, gt=0)
 
 
+class MonitoringSpec(_Spec):
+    """`maas monitor`: how served traffic is compared with the champion's validation data."""
+
+    window: int = Field(200, ge=2)  # newest logged records of the champion compared per run
+    # One family-wise level for all the signals together (Holm): in-distribution traffic alarms
+    # in about this share of runs.
+    alpha: float = Field(0.01, gt=0, lt=1)
+    # The embedding test's permutations: its p-value cannot fall below 1 / (permutations + 1),
+    # so this must stay well above (number of signals) / alpha for it to alarm on its own.
+    permutations: int = Field(2000, ge=100)
+    reference_size: int = Field(1000, gt=0)  # validation texts the reference uses at most
+    min_texts: int = Field(20, ge=2)  # logged texts needed for the embedding test
+    embedding_max_tokens: int = Field(64, gt=0)  # MiniLM truncation: the cost grows with it
+    seed: int = 0
+
+
 class PipelineConfig(_Spec):
     name: str = "default"
     datasets: list[DatasetSpec]
     classification: TaskSpec | None = None
     generation: TaskSpec | None = None
     serving: ServingSpec = Field(default_factory=ServingSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
 
     @model_validator(mode="after")
     def _check_datasets(self) -> PipelineConfig:
