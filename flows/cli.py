@@ -334,13 +334,35 @@ def retrain(
 
 @app.command()
 @handled
+def monitor(
+    config: ConfigOption = "default",
+    window: Annotated[int | None, typer.Option(min=2, help="Newest logged records to compare (default: the config's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: drift, window, action, p-values...")] = False,
+) -> None:
+    """Compare the served champion's logged traffic with its validation data; on drift, trigger a retrain
+    when the source has new labelled data, else say that new labels are needed. Exits 0 either way."""
+    settings, cfg = _setup(config)
+    from flows.monitor import check_ready
+
+    check_ready(settings, cfg, config)
+    _setup(config, flows=True)
+    from flows.monitor import monitor as monitor_flow
+    from flows.monitor import render
+
+    with _process_tags():
+        outcome = monitor_flow(config=config, window=window)
+    typer.echo(json.dumps(outcome, default=str) if as_json else render(outcome))
+
+
+@app.command()
+@handled
 def schedule(
     config: ConfigOption = "default",
     port: Annotated[int, typer.Option(help="Port of the local Prefect server on 127.0.0.1.")] = 4200,
     cron: Annotated[str | None, typer.Option(help="Another cron schedule than prefect.yaml's.")] = None,
     run_now: Annotated[bool, typer.Option("--run-now", help="Also trigger one run right away.")] = False,
 ) -> None:
-    """Start a local Prefect server and serve the scheduled retrain deployment (Ctrl-C stops both).
+    """Start a local Prefect server and serve the scheduled retrain and monitor deployments (Ctrl-C stops both).
 
     With PREFECT_API_URL set, serves on that server instead of starting one.
     """

@@ -8,7 +8,9 @@ One command, and a newcomer sees a scheduled retrain happen (in the log, and in 
 2. the `retrain` deployment of prefect.yaml (name, cron schedule, timezone, parameters)
    served by a Prefect runner in this process: each run executes in a subprocess, one
    at a time;
-3. with `run_now`, one flow run right away.
+3. with `run_now`, one flow run right away;
+4. the `monitor` deployment of prefect.yaml (hourly drift checks, flows/monitor.py) beside it,
+   on its own cron; a monitor run that finds drift and new labelled data triggers `retrain`.
 
 Ctrl-C (or SIGTERM) stops the runner, which pauses the schedule, then stops the server.
 For workers, work pools (process, Docker, Kubernetes) and remote servers see
@@ -29,6 +31,7 @@ from flows.settings import Settings
 
 PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
 DEPLOYMENT = "retrain"
+MONITOR_DEPLOYMENT = "monitor"
 
 
 def deployment_settings(name: str = DEPLOYMENT, path: Path = PREFECT_YAML) -> dict[str, Any]:
@@ -94,8 +97,10 @@ def _serve(spec: dict[str, Any], api_url: str, config: str, cron: str | None, ru
     from prefect.schedules import Cron
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from flows.monitor import monitor
     from flows.retrain import retrain
 
+    watch = deployment_settings(MONITOR_DEPLOYMENT)
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         deployment = retrain.to_deployment(
             name=spec["name"],
@@ -104,6 +109,13 @@ def _serve(spec: dict[str, Any], api_url: str, config: str, cron: str | None, ru
             description=spec["description"],
             tags=spec["tags"],
         )
+        watcher = monitor.to_deployment(
+            name=watch["name"],
+            schedule=Cron(watch["cron"], timezone=watch["timezone"]),
+            parameters={**watch["parameters"], "config": config},
+            description=watch["description"],
+            tags=watch["tags"],
+        )
         full_name = f"{retrain.name}/{spec['name']}"
         if run_now:
             deployment.apply()
@@ -111,5 +123,7 @@ def _serve(spec: dict[str, Any], api_url: str, config: str, cron: str | None, ru
             print(f"Triggered flow run {flow_run.name} of {full_name}: it starts within the runner's poll interval")
         print(f"Serving {full_name} on cron '{cron or spec['cron']}' ({spec['timezone'] or 'UTC'}), config={config}. "
               "Ctrl-C stops it.")
-        # One retrain at a time: two would race on data/, data.dvc and the champion alias.
-        serve(deployment, limit=1)
+        print(f"Serving {monitor.name}/{watch['name']} on cron '{watch['cron']}' ({watch['timezone'] or 'UTC'}).")
+        # One run at a time: two retrains would race on data/, data.dvc and the champion alias, and
+        # a monitor run must not read the champion while a retrain moves it.
+        serve(deployment, watcher, limit=1)
