@@ -36,20 +36,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
 
-from components.config import ModelSpec
+from components.config import ModelSpec, TrainingSpec
 from components.data.dataset import CorpusData
 from components.evaluation.language_model import evaluate_text
 from components.models.registry import KINDS, model_kind
 from components.models.sampling import Sampler, make_generator, make_sampler, validate_sampling
 from components.predictor import GeneratorPredictor, cut_at_stops
 from components.text.char_tokenizer import CharTokenizer
+from components.text.token_shards import cached_token_shards, texts_key, tokenizer_key
 from components.training import distributed
 from components.training.callbacks import MetricsCallback, no_metrics
 from components.training.device import (
@@ -259,6 +260,41 @@ def fixed_windows(ids: torch.Tensor, block_size: int, n_batches: int, batch_size
     return list(source.batches(0))
 
 
+def validation_evaluator(
+    val_ids: torch.Tensor,
+    val_text: str,
+    tokenizer: Any,
+    block_size: int,
+    training: TrainingSpec,
+    device: torch.device,
+    eval_max_chars: int | None = None,
+) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """The fit loop's ``evaluate(model)`` for a language model whose ``model(x, y)`` returns
+    (logits, loss): the mean loss over ``training.eval_batches`` fixed validation windows, or
+    (eval_batches None) the loss and bits per char of the whole validation text."""
+    if training.eval_batches:
+        eval_set = [
+            tuple(t.to(device) for t in batch)
+            for batch in fixed_windows(
+                val_ids, block_size, training.eval_batches, training.batch_size, seed=training.seed + 1
+            )
+        ]
+
+        def evaluate(model: torch.nn.Module) -> dict[str, float]:
+            total = torch.zeros((), device=device)
+            for x, y in eval_set:
+                total += model(x, y)[1].float()
+            return {"val_loss": (total / len(eval_set)).item()}
+
+        return evaluate
+
+    def evaluate_all(model: torch.nn.Module) -> dict[str, float]:
+        nats = evaluate_text(model, tokenizer, val_text, block_size, max_chars=eval_max_chars)
+        return {"val_loss": nats["loss"], "val_bits_per_char": nats["bits_per_char"]}
+
+    return evaluate_all
+
+
 def train(
     spec: ModelSpec,
     data: CorpusData,
@@ -283,7 +319,13 @@ def _train(
     log.info("building the %s tokenizer from %d characters", options.tokenizer, len(data.train_text))
     # Under torchrun every rank must hold the same vocabulary: rank 0's tokenizer wins.
     tokenizer = distributed.broadcast_object(build_tokenizer(options, data.train_text))
-    train_ids = torch.tensor(tokenizer.encode(data.train_text), dtype=torch.long)
+    # The corpus is tokenised once into a memory-mapped array (nanoGPT's train.bin, keyed by the text and
+    # the tokenizer): the batches read their windows from it, the stream never sits in memory whole.
+    cache = workdir / "tokens"
+    train_ids = cached_token_shards(
+        cache, texts_key([data.train_text]), tokenizer_key(tokenizer, cache), "corpus",
+        lambda: [[data.train_text]], lambda batch: [tokenizer.encode(text) for text in batch], tokenizer.vocab_size,
+    ).tokens
     val_ids = torch.tensor(tokenizer.encode(data.val_text), dtype=torch.long)
     config = config_cls(vocab_size=tokenizer.vocab_size, **model_params)
     if len(train_ids) <= config.block_size + 1:
@@ -297,26 +339,9 @@ def _train(
 
     device = resolve_device(training.device)
     batches = TokenWindowBatches(train_ids, config.block_size, training.batch_size, seed=training.seed)
-    if training.eval_batches:
-        eval_set = [
-            tuple(t.to(device) for t in batch)
-            for batch in fixed_windows(
-                val_ids, config.block_size, training.eval_batches, training.batch_size, seed=training.seed + 1
-            )
-        ]
-
-        def evaluate(model: torch.nn.Module) -> dict[str, float]:
-            total = torch.zeros((), device=device)
-            for x, y in eval_set:
-                total += model(x, y)[1].float()
-            return {"val_loss": (total / len(eval_set)).item()}
-    else:
-
-        def evaluate(model: torch.nn.Module) -> dict[str, float]:
-            nats = evaluate_text(
-                model, tokenizer, data.val_text, config.block_size, max_chars=options.eval_max_chars
-            )
-            return {"val_loss": nats["loss"], "val_bits_per_char": nats["bits_per_char"]}
+    evaluate = validation_evaluator(
+        val_ids, data.val_text, tokenizer, config.block_size, training, device, options.eval_max_chars
+    )
 
     def loss_fn(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch  # (B, T) each

@@ -325,7 +325,7 @@ def train(
 
 
 def _train(spec: ModelSpec, data: CorpusData, workdir: Path, on_metrics: MetricsCallback) -> PretrainedLMPredictor:
-    from components.models.lm_predictor import fixed_windows
+    from components.models.lm_predictor import validation_evaluator
     from components.training.batches import TokenWindowBatches
     from components.training.engine import fit
 
@@ -353,21 +353,7 @@ def _train(spec: ModelSpec, data: CorpusData, workdir: Path, on_metrics: Metrics
 
     device = resolve_device(t.device)
     batches = TokenWindowBatches(train_ids, block_size, t.batch_size, seed=t.seed)
-    if t.eval_batches:
-        eval_set = [
-            tuple(x.to(device) for x in batch)
-            for batch in fixed_windows(val_ids, block_size, t.eval_batches, t.batch_size, seed=t.seed + 1)
-        ]
-
-        def evaluate(model: nn.Module) -> dict[str, float]:
-            losses = torch.stack([model(x, y)[1].float() for x, y in eval_set])
-            return {"val_loss": losses.mean().item()}
-    else:
-
-        def evaluate(model: nn.Module) -> dict[str, float]:
-            nats = evaluate_text(model, text, data.val_text, block_size, t.batch_size, params["eval_max_chars"])
-            return {"val_loss": nats["loss"], "val_bits_per_char": nats["bits_per_char"]}
-
+    evaluate = validation_evaluator(val_ids, data.val_text, text, block_size, t, device, params["eval_max_chars"])
     result = fit(
         model,
         batches,
@@ -406,6 +392,7 @@ def _train(spec: ModelSpec, data: CorpusData, workdir: Path, on_metrics: Metrics
             "tokens_per_s": result.samples_per_s * block_size,
             "tokens_seen": result.steps * t.batch_size * t.grad_accum * block_size,
             "device": result.device,
+            "world_size": result.world_size,
             "params": total,
             "trained_params": trainable,
             "vocab_size": len(tokenizer),

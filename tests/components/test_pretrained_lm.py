@@ -3,7 +3,10 @@ bits per character, the bundle round trip and streamed generation with the KV ca
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -165,14 +168,50 @@ def test_stream_pieces_join_to_the_generated_text_with_no_split_character(full):
         assert not any(piece.endswith("\ufffd") for piece in pieces[:-1])
 
 
-def test_max_new_tokens_bounds_the_forward_passes(full):
-    predictor, _ = full
-    calls = []
-    hook = predictor.model.register_forward_hook(lambda *args: calls.append(1))
+@contextlib.contextmanager
+def forward_passes(model: torch.nn.Module) -> Iterator[list[int]]:
+    """A list that grows by one at each forward pass of `model` inside the block."""
+    calls: list[int] = []
+    hook = model.register_forward_hook(lambda *args: calls.append(1))
     try:
-        predictor.generate(PROMPT, max_new_tokens=7, temperature=0)
+        yield calls
     finally:
         hook.remove()
+
+
+class ScriptedLM(torch.nn.Module):
+    """A stand-in causal LM that puts all the probability on the next id of `script`, one per
+    forward pass, with a step counter as its cache (what the predictor's loop passes back)."""
+
+    def __init__(self, script: list[int], vocab_size: int):
+        super().__init__()
+        self.script, self.vocab_size = script, vocab_size
+        self.config = SimpleNamespace(max_position_embeddings=128)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the predictor a device
+
+    def forward(self, input_ids, cache=None, use_cache=True, logits_to_keep=1):
+        step = 0 if cache is None else cache + 1
+        logits = torch.full((1, 1, self.vocab_size), -1e4)
+        logits[0, 0, self.script[step]] = 0.0
+        return SimpleNamespace(logits=logits, cache=step)
+
+
+def test_a_character_split_across_tokens_streams_whole_and_the_end_of_text_token_stops(tiny_lm):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    # '£' is the bytes C2 A3, which the byte-level alphabet spells 'Â' and '£': two tokens.
+    script = tokenizer.convert_tokens_to_ids(["a", "Â", "£", "b", tokenizer.eos_token, "c"])
+    model = ScriptedLM(script, len(tokenizer))
+    predictor = PretrainedLMPredictor(model, tokenizer, {"block_size": 32, "lora": None,
+                                                         "generation": GENERATION_DEFAULTS})
+    assert list(predictor.stream("x", max_new_tokens=10, temperature=0)) == ["a", "£", "b"]
+
+
+def test_max_new_tokens_bounds_the_forward_passes(full):
+    predictor, _ = full
+    with forward_passes(predictor.model) as calls:
+        predictor.generate(PROMPT, max_new_tokens=7, temperature=0)
     assert 1 <= len(calls) <= 7
 
 
@@ -188,16 +227,12 @@ def test_a_stop_string_ends_the_text_before_it(full):
 
 def test_closing_the_stream_stops_computing(full):
     predictor, _ = full
-    calls = []
-    hook = predictor.model.register_forward_hook(lambda *args: calls.append(1))
-    try:
+    with forward_passes(predictor.model) as calls:
         stream = predictor.stream(PROMPT, max_new_tokens=60, seed=0)
         next(stream)
         started = len(calls)
         stream.close()
         assert list(stream) == []
-    finally:
-        hook.remove()
     assert started < 10 and len(calls) == started
 
 
@@ -205,6 +240,33 @@ def test_bad_sampling_parameters_raise_before_any_piece(full):
     predictor, _ = full
     with pytest.raises(ValueError, match="top_p"):
         predictor.stream(PROMPT, top_p=0)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_fine_tune_it_and_rank_zero_saves_the_bundle(tiny_lm, corpus, tmp_path):
+    import json
+    import os
+
+    from components.training import distributed
+
+    data = tmp_path / "corpus"
+    data.mkdir()
+    (data / "train.txt").write_text(corpus.train_text, encoding="utf-8")
+    (data / "val.txt").write_text(corpus.val_text, encoding="utf-8")
+    (data / "manifest.json").write_text(json.dumps({"task": "generation"}))
+    spec = make_spec(tiny_lm, lora={"r": 4, "target_modules": "all-linear"})
+    spec.training.max_steps = 6
+    (tmp_path / "spec.json").write_text(spec.model_dump_json())
+    distributed.launch(
+        2,
+        ["--spec", str(tmp_path / "spec.json"), "--data", str(data), "--workdir", str(tmp_path / "work"),
+         "--out", str(tmp_path / "bundle")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    predictor = load_predictor(tmp_path / "bundle")
+    assert predictor.metadata["training"]["world_size"] == 2
+    assert predictor.metadata["training"]["steps"] == 6
+    assert predictor.generate(PROMPT, max_new_tokens=5, seed=0)
 
 
 # -- loading and params -------------------------------------------------------------------
