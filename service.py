@@ -32,13 +32,15 @@ import bentoml
 from bentoml.exceptions import NotFound
 from bentoml.validators import ContentType
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from starlette.responses import StreamingResponse
 
 import compat
 from components.config import ServingSpec
 from components.monitoring.inference_log import InferenceLog, LoggedModel, log_folder, texts_logged
-from components.monitoring.metrics import prediction_metrics
+from components.monitoring.metrics import generations_in_progress, prediction_metrics
 from components.predictor import ClassifierPredictor, GeneratorPredictor, Predictor, load_predictor
 from components.serving.guard import RequestGuard, count_texts, error_response
+from components.serving.streaming import PieceFeed, sse_events
 from components.serving.text_rules import require_visible, visible_pattern
 
 # The names flows/bento.py imports the models under, and the Bento arguments that pin them.
@@ -234,6 +236,7 @@ class MaasService:
         # different threads, each with its own malloc arena, and MiniLM's resident memory kept growing (+11 %).
         self._classify_thread = ThreadPoolExecutor(1, thread_name_prefix="maas-classify")
         self._generate_thread = ThreadPoolExecutor(1, thread_name_prefix="maas-generate")
+        self._generations = generations_in_progress()  # maas_generations_in_progress on /metrics
         # Explanations get a thread of their own: occlusion runs for seconds on a slow model, and
         # /classify batches must not queue behind it.
         self._explain_thread = ThreadPoolExecutor(1, thread_name_prefix="maas-explain")
@@ -383,14 +386,16 @@ class MaasService:
             list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]],
             Field(max_length=MAX_STOPS, description="The text ends before the first of these it produces"),
         ] = [],  # noqa: B006  (pydantic copies defaults; BentoML needs a plain default here)
+        stream: Annotated[
+            bool, Field(description="true: server-sent events, one per piece of text as it is produced")
+        ] = False,
     ) -> Generation:
-        """Continue `prompt` with the generation model (404 when this Bento has none)."""
+        """Continue `prompt` with the generation model (404 when this Bento has none); with
+        `stream`, the text comes as server-sent events (docs/serving.md)."""
         if self.generator is None:
             return error_response(404, "no generation model in this Bento")
         seed = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
-        run = partial(
-            self.generator.generate,
-            prompt,
+        sampling = dict(
             max_new_tokens=max_new_tokens,
             temperature=temperature,  # the sampler floors tiny ones (components/models/sampling.py)
             top_k=top_k,
@@ -398,11 +403,40 @@ class MaasService:
             seed=seed,
             stop=stop,
         )
+        if stream:
+            return await self._stream(prompt, sampling)
         try:
-            text = await _on_thread(self._generate_thread, run)
+            text = await _on_thread(self._generate_thread, self._generate, prompt, sampling)
         except ValueError as exc:  # the model's own refusal, e.g. characters outside its vocabulary
             return error_response(400, str(exc))
         return Generation(text=text, seed=seed, model_version=self.generator_info.model_version)
+
+    def _generate(self, prompt: str, sampling: dict) -> str:
+        self._generations.inc()
+        try:
+            return self.generator.generate(prompt, **sampling)
+        finally:
+            self._generations.dec()
+
+    async def _stream(self, prompt: str, sampling: dict) -> StreamingResponse:
+        """Server-sent events as the model thread produces pieces (docs/serving.md, "Streaming").
+
+        The first piece is awaited before the response starts, so a request the model refuses
+        still gets a 400 and not a 200 with an error inside the stream."""
+        feed = PieceFeed(asyncio.get_running_loop(), self._generations)
+        self._generate_thread.submit(feed.produce, partial(self.generator.stream, prompt, **sampling))
+        first = await feed.get()
+        if isinstance(first, ValueError):
+            feed.cancel()
+            return error_response(400, str(first))
+        final = {"seed": sampling["seed"], "model_version": self.generator_info.model_version}
+        # BentoML streams only from an API that is itself a generator, which would fix one media
+        # type for /generate; a Starlette StreamingResponse lets the same route answer JSON too.
+        return StreamingResponse(
+            sse_events(feed, first, final, logger),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     @bentoml.api
     async def info(self) -> ServiceInfo:

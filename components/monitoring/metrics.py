@@ -53,3 +53,15 @@ def prediction_metrics() -> PredictionMetrics:
         labels=Counter(LABELS, "Texts per predicted label", labelnames=("endpoint", "label")),
         dropped=Counter(DROPPED, "Inference log records lost (the writer fell behind, or a write failed)"),
     )
+
+
+GENERATIONS = "maas_generations_in_progress"
+
+
+@cache
+def generations_in_progress() -> Any:
+    """This process's gauge of generations running on the model thread (streamed or not)."""
+    from prometheus_client import Gauge  # imported late: see the module docstring
+
+    # livesum: the sum over the live worker processes, as Prometheus' multiprocess mode reports it.
+    return Gauge(GENERATIONS, "Generations running now (streamed or not)", multiprocess_mode="livesum")

@@ -23,7 +23,7 @@ import sys
 import time
 import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,12 +289,17 @@ class Server:
 
 @contextlib.contextmanager
 def serve(
-    target: str, home: Path, log: Path, env: dict[str, str] | None = None, host: str | None = "127.0.0.1"
+    target: str,
+    home: Path,
+    log: Path,
+    env: dict[str, str] | None = None,
+    host: str | None = "127.0.0.1",
+    extra_args: Sequence[str] = (),
 ) -> Iterator[Server]:
-    """`bentoml serve target` on <host>:<free port> (`host` None: no --host, the Bento's default);
-    waits for /readyz; stops the process group."""
+    """`bentoml serve target [extra_args]` on <host>:<free port> (`host` None: no --host, the
+    Bento's default); waits for /readyz; stops the process group."""
     port = free_port()
-    command = [sys.executable, "-m", "bentoml", "serve", target, "--port", str(port)]
+    command = [sys.executable, "-m", "bentoml", "serve", target, "--port", str(port), *extra_args]
     if host is not None:
         command += ["--host", host]
     child_env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", **(env or {})}
