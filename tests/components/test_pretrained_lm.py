@@ -301,3 +301,13 @@ def test_the_spec_defaults_fill_in(tiny_lm):
     resolved = resolve_params({"model": str(tiny_lm), "lora": {"r": 4}})
     assert resolved["lora"] == {"r": 4, "alpha": 16, "dropout": 0.05, "target_modules": None}
     assert resolved["generation"] == GENERATION_DEFAULTS and resolved["allow_download"] is False
+
+
+def test_the_llm_preset_names_a_hub_model_whose_params_resolve():
+    from components.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "llm.yaml")
+    [candidate] = [c for c in config.generation.candidates if c.kind == "pretrained_lm"]
+    params = resolve_params(candidate.params)
+    assert params["allow_download"] is True and params["lora"]["r"] > 0 and "/" in params["model"]
+    assert {c.kind for c in config.generation.candidates} >= {"gpt", "pretrained_lm"}
