@@ -31,6 +31,12 @@ def fingerprint_file(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
+def tokenizer_key(tokenizer, folder: Path) -> str:
+    """The fingerprint of a tokenizer that has ``save(path)`` (saved once into `folder` to hash it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return fingerprint_file(tokenizer.save(folder / "tokenizer-for-key"))
+
+
 def texts_key(texts: Iterable[str]) -> str:
     """A short content hash of a list of documents: their data version when no other is at hand."""
     digest = hashlib.sha256()

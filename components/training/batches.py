@@ -113,7 +113,7 @@ class TokenWindowBatches:
 
     def __init__(
         self,
-        data: torch.Tensor,
+        data: torch.Tensor | np.ndarray,
         block_size: int,
         batch_size: int,
         *,
@@ -122,10 +122,11 @@ class TokenWindowBatches:
         rank: int = 0,
         world_size: int = 1,
     ):
-        if data.dim() != 1 or len(data) <= block_size + 1:
+        if data.ndim != 1 or len(data) <= block_size + 1:
             raise ValueError(f"need a 1-D token stream longer than block_size + 1 ({block_size + 1})")
         _check_global_batch(batch_size, world_size)
-        self.data = data.long()
+        # A numpy array (a memory-mapped token file) stays on disk: each batch reads only its windows.
+        self.data = data.long() if isinstance(data, torch.Tensor) else data
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         self.batches_per_epoch = batches_per_epoch or max(1, (len(data) - 1) // (block_size * batch_size))
         self.rank, self.world_size = rank, world_size
@@ -143,7 +144,13 @@ class TokenWindowBatches:
         for b in range(start, len(self)):
             rows = offsets[b, self.rank * per_rank : (self.rank + 1) * per_rank]
             idx = rows[:, None] + self._arange  # (B, T)
-            yield self.data[idx], self.data[idx + 1]
+            if isinstance(self.data, torch.Tensor):
+                yield self.data[idx], self.data[idx + 1]
+            else:
+                yield self._read(idx), self._read(idx + 1)
+
+    def _read(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.data[idx.numpy()].astype(np.int64))
 
     def shard(self, rank: int, world_size: int) -> TokenWindowBatches:
         return _sharded(self, rank, world_size)

@@ -71,3 +71,14 @@ def test_ranks_read_disjoint_parts_that_cover_every_document():
         assert set().union(*parts) == set(range(n)) and sum(map(len, parts)) == n
     with pytest.raises(ValueError, match="rank 2 is outside a world of 2"):
         rank_part(5, 2, 2)
+
+
+def test_language_model_windows_read_from_the_map_equal_those_of_the_tensor(tmp_path, vocab):
+    from components.training.batches import TokenWindowBatches
+
+    tokenizer, key = vocab
+    corpus = _build(tmp_path, "v1", key, tokenizer, [], name="corpus", texts=[" ".join(TEXTS)])
+    mapped = TokenWindowBatches(corpus.tokens, 8, 4, seed=3)
+    in_memory = TokenWindowBatches(corpus.stream(), 8, 4, seed=3)
+    for (x, y), (x_ref, y_ref) in zip(mapped.batches(1), in_memory.batches(1), strict=True):
+        assert x.dtype == torch.int64 and torch.equal(x, x_ref) and torch.equal(y, y_ref)
