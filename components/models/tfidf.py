@@ -116,8 +116,8 @@ class TfidfPredictor(ClassifierPredictor):
         """A word-unigram model counts the OOV shares from the lookups its prediction makes anyway."""
         if self._scorer is None or self._scorer.oov_branch is None or len(texts) == 0:
             return super().proba_and_oov(texts)
-        oov = np.empty(len(texts), dtype=np.float64)
-        return self._scorer.predict_proba(texts, oov), oov.tolist()
+        oov: list[float] = []
+        return self._scorer.predict_proba(texts, oov), oov
 
     @cached_property
     def _vocabulary_words(self) -> tuple[Callable[[str], list[str]], dict[str, int]]:

@@ -100,10 +100,10 @@ class _Branch:
         self.weights = weights  # this branch's rows of the classifier's coefficients, (width, classes)
 
     def entries(
-        self, texts: Sequence[str], oov_out: np.ndarray | None = None
+        self, texts: Sequence[str], oov_out: list[float] | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Row, column and TF-IDF value of every non-zero feature, rows ascending. `oov_out`
-        (len(texts),), for a branch that `reads_words`: each text's share of words outside the
+        (a list, filled), for a branch that `reads_words`: each text's share of words outside the
         vocabulary (1.0 for a text without words), counted from the same lookups."""
         columns: list[int] = []
         lengths: list[int] = []
@@ -115,11 +115,9 @@ class _Branch:
         found = np.asarray(columns, dtype=np.int64)
         rows = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
         known = found >= 0
-        if oov_out is not None:
-            totals = np.asarray(lengths, dtype=np.float64)
-            unknown = np.bincount(rows[~known], minlength=len(texts)).astype(np.float64)
-            oov_out[:] = 1.0
-            np.divide(unknown, totals, out=oov_out, where=totals > 0)
+        if oov_out is not None:  # few NumPy calls: served batches are often a text or two
+            unknown = np.bincount(rows, weights=~known, minlength=len(texts)).tolist()
+            oov_out[:] = [u / total if total else 1.0 for u, total in zip(unknown, lengths, strict=True)]
         # One key per (text, term): counting the sorted unique keys gives the term counts.
         keys, counts = np.unique(rows[known] * self.width + found[known], return_counts=True)
         rows, columns_out = np.divmod(keys, self.width)
@@ -149,7 +147,9 @@ class _Branch:
         rows, columns, values = self.entries(texts)
         return sp.csr_matrix((values, (rows, columns)), shape=(len(texts), self.width))
 
-    def add_scores(self, texts: Sequence[str], scores: np.ndarray, oov_out: np.ndarray | None = None) -> None:
+    def add_scores(
+        self, texts: Sequence[str], scores: np.ndarray, oov_out: list[float] | None = None
+    ) -> None:
         """scores += this branch's TF-IDF matrix @ its weights, without building the matrix."""
         rows, columns, values = self.entries(texts, oov_out)
         if len(rows) == 0:
@@ -206,8 +206,8 @@ class LinearTfidfScorer:
         rows = [branch.transform(texts) for branch in self.branches]
         return rows[0] if len(rows) == 1 else sp.hstack(rows, format="csr")
 
-    def predict_proba(self, texts: Sequence[str], oov_out: np.ndarray | None = None) -> np.ndarray:
-        """Class probabilities; `oov_out` (len(texts),), only when `oov_branch` is set, receives the
+    def predict_proba(self, texts: Sequence[str], oov_out: list[float] | None = None) -> np.ndarray:
+        """Class probabilities; `oov_out` (a list), only when `oov_branch` is set, receives the
         texts' OOV shares of that branch."""
         if oov_out is not None and self.oov_branch is None:
             raise ValueError("this pipeline's word vectoriser does not read plain words: no OOV share here")

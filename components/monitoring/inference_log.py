@@ -170,7 +170,8 @@ class InferenceLog:
         confidences: Sequence[float],
         oov_shares: Sequence[float | None] | None = None,
     ) -> None:
-        """Queue one record per text; never raises (a bad call is a logged warning)."""
+        """Queue one record per text; never raises (a bad call is a logged warning). The lists
+        given are kept until written: the caller must not change them afterwards."""
         try:
             n = len(texts)
             if not (len(labels) == len(confidences) == n and (oov_shares is None or len(oov_shares) == n)):
@@ -180,14 +181,17 @@ class InferenceLog:
                 )
             if endpoint not in ENDPOINTS:
                 raise ValueError(f"endpoint must be one of {ENDPOINTS}, got {endpoint!r}")
+            # Lists are kept as given (the caller hands them over), not copied: this runs per request batch.
             batch = _Batch(
                 time.time_ns() // 1000,
                 endpoint,
                 model,
-                list(labels),
-                [float(c) for c in confidences],
+                labels if isinstance(labels, list) else list(labels),
+                confidences if isinstance(confidences, list) else list(confidences),
                 [len(t) for t in texts],
-                list(oov_shares) if oov_shares is not None else [None] * n,
+                (oov_shares if isinstance(oov_shares, list) else list(oov_shares))
+                if oov_shares is not None
+                else [None] * n,
                 list(texts) if self.log_texts else None,
             )
             self._enqueue(batch)
