@@ -1,5 +1,5 @@
 """`maas pipeline` with a pretrained causal LM as a generation candidate, run as a user runs it:
-a subprocess in a throwaway project and MAAS_HOME, then `maas compare` and `maas serve`.
+a subprocess in a throwaway project and MAAS_HOME, then `maas compare` and `maas serve` (plain and streamed /generate).
 
 The candidate is a tiny random Llama built offline in a temp folder, fine-tuned with LoRA;
 the GPT beside it gets five steps, so the pretrained LM wins by bits per character.
@@ -68,6 +68,12 @@ def test_the_served_bento_generates_with_the_pretrained_lm(llm_run, tmp_path):
         answers = [httpx.post(f"{url}/generate", json=request, timeout=60) for _ in range(2)]
         assert all(a.status_code == 200 for a in answers), answers[0].text
         assert answers[0].json()["text"] and answers[0].json()["text"] == answers[1].json()["text"]
+        # Streamed: server-sent events, one {"text"} per piece, then {"done"}; the same text.
+        streamed = httpx.post(f"{url}/generate", json={**request, "stream": True}, timeout=60)
+        assert streamed.headers["content-type"].startswith("text/event-stream"), streamed.text
+        events = [json.loads(line[len("data: "):]) for line in streamed.text.splitlines() if line.startswith("data: ")]
+        assert events[-1]["done"] is True and len(events) > 2
+        assert "".join(e["text"] for e in events[:-1]) == answers[0].json()["text"]
         info = httpx.post(f"{url}/info", json={}, timeout=30).json()
         generator = info["models"]["generator"]
         assert generator["kind"] == "pretrained_lm" and answers[0].json()["model_version"] == generator["model_version"]
