@@ -165,6 +165,16 @@ def test_runs_through_the_deployment_train_once_then_change_nothing(scheduled):
     assert len([p for p in (scheduled.home / "bentoml" / "bentos" / "maas").iterdir() if p.is_dir()]) == 1
 
 
+def test_the_monitor_deployment_is_served_beside_retrain(scheduled):
+    from flows.schedule import MONITOR_DEPLOYMENT, deployment_settings
+
+    spec = deployment_settings(MONITOR_DEPLOYMENT)
+    deployment = _read_deployment(scheduled.api_url, "monitor/monitor")
+    assert [s.schedule.cron for s in deployment.schedules] == [spec["cron"]] == ["0 * * * *"]
+    assert deployment.parameters == {"config": "smoke", "window": None}
+    assert deployment.entrypoint.endswith("flows/monitor.py:monitor")
+
+
 def test_prefect_yaml_deploys_to_a_process_work_pool(scheduled, tmp_path):
     """`prefect deploy` of prefect.yaml (a copy under another name) to the `maas-process` pool."""
     from prefect.client.orchestration import get_client
