@@ -24,7 +24,9 @@ def bbc_text(n_articles: int = 30, topic: str = "business") -> str:
     return "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in paths)
 
 
-def build_tiny_causal_lm(folder: Path, text: str, vocab_size: int = 400, context: int = 128, seed: int = 0) -> Path:
+def build_tiny_causal_lm(
+    folder: Path, text: str, vocab_size: int = 400, context: int = 128, seed: int = 0
+) -> Path:
     """Train the tokenizer on `text`, build the random Llama and save both into `folder`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -47,7 +47,13 @@ from components.evaluation.language_model import evaluate_text
 from components.models.sampling import Sampler, make_generator, make_sampler, validate_sampling
 from components.predictor import GeneratorPredictor, cut_at_stops
 from components.training.callbacks import MetricsCallback, no_metrics
-from components.training.device import inference_context, resolve_device, seed_everything, torch_threads
+from components.training.device import (
+    inference_context,
+    model_device,
+    resolve_device,
+    seed_everything,
+    torch_threads,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +63,13 @@ SAMPLE_SEEDS = (0, 1, 2)
 # Prompt tokens decoded in front of the new ones, so that a tokenizer whose pieces depend on
 # what precedes them (a leading space, a byte sequence) decodes the continuation as in one text.
 DECODE_CONTEXT_TOKENS = 4
-GENERATION_DEFAULTS: dict[str, Any] = {"max_new_tokens": 100, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "stop": []}
+GENERATION_DEFAULTS: dict[str, Any] = {
+    "max_new_tokens": 100,
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "stop": [],
+}
 LORA_DEFAULTS: dict[str, Any] = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": None}
 DEFAULT_PARAMS: dict[str, Any] = {
     "model": None,
@@ -97,7 +109,9 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("params.keep_adapter needs params.lora: full fine-tuning has no adapter to keep")
     _check_keys(resolved["generation"], GENERATION_DEFAULTS, "params.generation")
     generation = {**GENERATION_DEFAULTS, **resolved["generation"]}
-    validate_sampling(generation["max_new_tokens"], generation["temperature"], generation["top_k"], generation["top_p"])
+    validate_sampling(
+        generation["max_new_tokens"], generation["temperature"], generation["top_k"], generation["top_p"]
+    )
     resolved["generation"] = generation
     return resolved
 
@@ -175,7 +189,9 @@ class CausalLM(nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         logits = self.lm(input_ids=x, use_cache=False).logits  # (B, T, V)
         if y is None:
             return logits, None
@@ -190,7 +206,9 @@ class PretrainedLMPredictor(GeneratorPredictor):
     `save` merges the adapter in.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, config: dict[str, Any], metadata: dict[str, Any] | None = None):
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, config: dict[str, Any], metadata: dict[str, Any] | None = None
+    ):
         super().__init__(KIND, config, metadata)
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -203,7 +221,7 @@ class PretrainedLMPredictor(GeneratorPredictor):
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return model_device(self.model)
 
     @property
     def on_accelerator(self) -> bool:
@@ -324,7 +342,9 @@ def train(
         return _train(spec, data, Path(workdir), on_metrics)
 
 
-def _train(spec: ModelSpec, data: CorpusData, workdir: Path, on_metrics: MetricsCallback) -> PretrainedLMPredictor:
+def _train(
+    spec: ModelSpec, data: CorpusData, workdir: Path, on_metrics: MetricsCallback
+) -> PretrainedLMPredictor:
     from components.models.lm_predictor import validation_evaluator
     from components.training.batches import TokenWindowBatches
     from components.training.engine import fit
@@ -338,7 +358,9 @@ def _train(spec: ModelSpec, data: CorpusData, workdir: Path, on_metrics: Metrics
     train_ids = torch.tensor(text.encode(data.train_text), dtype=torch.long)
     val_ids = torch.tensor(text.encode(data.val_text), dtype=torch.long)
     if len(train_ids) <= block_size + 1:
-        raise ValueError(f"training text has {len(train_ids)} tokens: needs more than block_size + 1 ({block_size + 1})")
+        raise ValueError(
+            f"training text has {len(train_ids)} tokens: needs more than block_size + 1 ({block_size + 1})"
+        )
     if len(val_ids) < 3:
         raise ValueError(f"validation text has {len(val_ids)} tokens: needs at least 3")
 
@@ -348,12 +370,19 @@ def _train(spec: ModelSpec, data: CorpusData, workdir: Path, on_metrics: Metrics
     model = CausalLM(lm)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    log.info("%s: %.1fM parameters, %.2fM trained (%s)", params["model"], total / 1e6, trainable / 1e6,
-             "LoRA" if params["lora"] else "full fine-tuning")
+    log.info(
+        "%s: %.1fM parameters, %.2fM trained (%s)",
+        params["model"],
+        total / 1e6,
+        trainable / 1e6,
+        "LoRA" if params["lora"] else "full fine-tuning",
+    )
 
     device = resolve_device(t.device)
     batches = TokenWindowBatches(train_ids, block_size, t.batch_size, seed=t.seed)
-    evaluate = validation_evaluator(val_ids, data.val_text, text, block_size, t, device, params["eval_max_chars"])
+    evaluate = validation_evaluator(
+        val_ids, data.val_text, text, block_size, t, device, params["eval_max_chars"]
+    )
     result = fit(
         model,
         batches,
@@ -379,7 +408,9 @@ def _train(spec: ModelSpec, data: CorpusData, workdir: Path, on_metrics: Metrics
     predictor = PretrainedLMPredictor(lm, tokenizer, config)
     metrics = predictor.evaluate(data.val_text, max_chars=params["eval_max_chars"], batch_size=t.batch_size)
     log.info("validation: loss %.4f, perplexity %.2f, %.4f bits/char", *metrics.values())
-    samples = [predictor.generate("", max_new_tokens=params["sample_tokens"], seed=seed) for seed in SAMPLE_SEEDS]
+    samples = [
+        predictor.generate("", max_new_tokens=params["sample_tokens"], seed=seed) for seed in SAMPLE_SEEDS
+    ]
     predictor.metadata = {
         "metrics": metrics,
         "eval_max_chars": params["eval_max_chars"],

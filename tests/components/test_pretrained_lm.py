@@ -46,8 +46,9 @@ def make_spec(folder: Path, **params) -> ModelSpec:
         name="tiny-lm",
         kind="pretrained_lm",
         params={"model": str(folder), "block_size": 32, "sample_tokens": 10, **params},
-        training=TrainingSpec(device="cpu", max_steps=30, batch_size=8, lr=1e-2, eval_every=15, eval_batches=2,
-                              num_threads=1),
+        training=TrainingSpec(
+            device="cpu", max_steps=30, batch_size=8, lr=1e-2, eval_every=15, eval_batches=2, num_threads=1
+        ),
     )
 
 
@@ -57,10 +58,16 @@ def untrained(folder: Path) -> PretrainedLMPredictor:
     return PretrainedLMPredictor(model, tokenizer, config)
 
 
-def train_with_history(spec: ModelSpec, corpus: CorpusData, workdir: Path) -> tuple[PretrainedLMPredictor, list]:
+def train_with_history(
+    spec: ModelSpec, corpus: CorpusData, workdir: Path
+) -> tuple[PretrainedLMPredictor, list]:
     losses: list[float] = []
-    predictor = train(spec, corpus, workdir, lambda metrics, step: losses.extend(
-        [metrics["train_loss"]] if "train_loss" in metrics else []))
+    predictor = train(
+        spec,
+        corpus,
+        workdir,
+        lambda metrics, step: losses.extend([metrics["train_loss"]] if "train_loss" in metrics else []),
+    )
     return predictor, losses
 
 
@@ -71,7 +78,9 @@ def full(tiny_lm, corpus, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lora(tiny_lm, corpus, tmp_path_factory):
-    spec = make_spec(tiny_lm, lora={"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}, keep_adapter=True)
+    spec = make_spec(
+        tiny_lm, lora={"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}, keep_adapter=True
+    )
     spec.training.lr = 5e-2  # only the small adapter trains: it takes a larger step
     return train_with_history(spec, corpus, tmp_path_factory.mktemp("lora"))
 
@@ -98,7 +107,9 @@ def test_bits_per_char_is_the_nats_over_the_validation_characters(full, corpus):
     predictor, _ = full
     metrics = predictor.evaluate(corpus.val_text)
     assert metrics == pytest.approx(predictor.metadata["metrics"])
-    assert predictor.evaluate(corpus.train_text[:5000])["bits_per_char"] != pytest.approx(metrics["bits_per_char"])
+    assert predictor.evaluate(corpus.train_text[:5000])["bits_per_char"] != pytest.approx(
+        metrics["bits_per_char"]
+    )
 
 
 def test_lora_trains_only_the_adapter(lora, tiny_lm):
@@ -140,7 +151,9 @@ def test_full_bundle_round_trip_gives_the_same_logits_text_and_defaults(full, tm
     loaded = load_predictor(folder)
     assert isinstance(loaded, PretrainedLMPredictor) and not (folder / ADAPTER_DIR).exists()
     assert torch.allclose(logits(loaded, PROMPT), logits(predictor, PROMPT), atol=1e-6)
-    assert loaded.generate(PROMPT, max_new_tokens=25, seed=3) == predictor.generate(PROMPT, max_new_tokens=25, seed=3)
+    assert loaded.generate(PROMPT, max_new_tokens=25, seed=3) == predictor.generate(
+        PROMPT, max_new_tokens=25, seed=3
+    )
     assert loaded.config["generation"] == GENERATION_DEFAULTS
     assert loaded.metadata["metrics"] == predictor.metadata["metrics"]
     assert loaded.model.generation_config.max_new_tokens == GENERATION_DEFAULTS["max_new_tokens"]
@@ -161,8 +174,9 @@ def test_stream_pieces_join_to_the_generated_text_with_no_split_character(full):
     predictor, _ = full
     for seed in range(4):
         pieces = list(predictor.stream("Shares rose by £", max_new_tokens=40, seed=seed, top_k=50, top_p=0.9))
-        assert "".join(pieces) == predictor.generate("Shares rose by £", max_new_tokens=40, seed=seed, top_k=50,
-                                                     top_p=0.9)
+        assert "".join(pieces) == predictor.generate(
+            "Shares rose by £", max_new_tokens=40, seed=seed, top_k=50, top_p=0.9
+        )
         assert all(piece for piece in pieces)
         # A piece ends inside a multi-byte character only where the generation itself ends.
         assert not any(piece.endswith("\ufffd") for piece in pieces[:-1])
@@ -203,8 +217,9 @@ def test_a_character_split_across_tokens_streams_whole_and_the_end_of_text_token
     # '£' is the bytes C2 A3, which the byte-level alphabet spells 'Â' and '£': two tokens.
     script = tokenizer.convert_tokens_to_ids(["a", "Â", "£", "b", tokenizer.eos_token, "c"])
     model = ScriptedLM(script, len(tokenizer))
-    predictor = PretrainedLMPredictor(model, tokenizer, {"block_size": 32, "lora": None,
-                                                         "generation": GENERATION_DEFAULTS})
+    predictor = PretrainedLMPredictor(
+        model, tokenizer, {"block_size": 32, "lora": None, "generation": GENERATION_DEFAULTS}
+    )
     assert list(predictor.stream("x", max_new_tokens=10, temperature=0)) == ["a", "£", "b"]
 
 
@@ -259,8 +274,16 @@ def test_two_gloo_processes_fine_tune_it_and_rank_zero_saves_the_bundle(tiny_lm,
     (tmp_path / "spec.json").write_text(spec.model_dump_json())
     distributed.launch(
         2,
-        ["--spec", str(tmp_path / "spec.json"), "--data", str(data), "--workdir", str(tmp_path / "work"),
-         "--out", str(tmp_path / "bundle")],
+        [
+            "--spec",
+            str(tmp_path / "spec.json"),
+            "--data",
+            str(data),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--out",
+            str(tmp_path / "bundle"),
+        ],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     predictor = load_predictor(tmp_path / "bundle")

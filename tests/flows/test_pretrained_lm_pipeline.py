@@ -71,9 +71,16 @@ def test_the_served_bento_generates_with_the_pretrained_lm(llm_run, tmp_path):
         # Streamed: server-sent events, one {"text"} per piece, then {"done"}; the same text.
         streamed = httpx.post(f"{url}/generate", json={**request, "stream": True}, timeout=60)
         assert streamed.headers["content-type"].startswith("text/event-stream"), streamed.text
-        events = [json.loads(line[len("data: "):]) for line in streamed.text.splitlines() if line.startswith("data: ")]
+        events = [
+            json.loads(line[len("data: ") :])
+            for line in streamed.text.splitlines()
+            if line.startswith("data: ")
+        ]
         assert events[-1]["done"] is True and len(events) > 2
         assert "".join(e["text"] for e in events[:-1]) == answers[0].json()["text"]
         info = httpx.post(f"{url}/info", json={}, timeout=30).json()
         generator = info["models"]["generator"]
-        assert generator["kind"] == "pretrained_lm" and answers[0].json()["model_version"] == generator["model_version"]
+        assert (
+            generator["kind"] == "pretrained_lm"
+            and answers[0].json()["model_version"] == generator["model_version"]
+        )
