@@ -156,18 +156,9 @@ class GeneratorPredictor(Predictor):
         the same seed gives the same pieces. Closing the iterator stops all further computation.
         """
 
-    def generate(
-        self,
-        prompt: str,
-        max_new_tokens: int = 100,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-    ) -> str:
+    def generate(self, prompt: str, *args: Any, **kwargs: Any) -> str:
         """The whole continuation at once: exactly ``"".join(stream(...))`` for the same arguments."""
-        return "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, seed, stop))
+        return "".join(self.stream(prompt, *args, **kwargs))
 
 
 def cut_at_stops(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
