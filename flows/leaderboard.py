@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from components.config import PipelineConfig, TaskSpec
@@ -37,6 +37,8 @@ class LeaderboardRow:
     train_s: float | None
     model_size_mb: float | None = None
     run_id: str | None = None
+    # The CV fold standard deviation of each val metric, when CV chose (val then holds fold means).
+    val_std: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_result(cls, task: str, result: dict[str, Any], champion_version: str | None) -> LeaderboardRow:
@@ -48,6 +50,7 @@ class LeaderboardRow:
             data_version=result.get("data_version"), val=dict(result["val"]), test=dict(result["test"]),
             latency_ms_p50=result.get("latency_ms_p50"), train_s=result.get("train_s"),
             model_size_mb=result.get("model_size_mb"), run_id=result.get("run_id"),
+            val_std=dict(result.get("val_std") or {}),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -85,6 +88,7 @@ def leaderboard(settings: Settings, config: PipelineConfig, versions: dict[str, 
                 train_s=metrics.get("train_s"),
                 model_size_mb=metrics.get("model_size_mb"),
                 run_id=run.info.run_id,
+                val_std={m: metrics[f"cv_{m}_std"] for m in SUMMARY_METRICS if f"cv_{m}_std" in metrics},
             ))
         sign = -1 if task_spec.greater_is_better else 1
         task_rows.sort(key=lambda r: sign * r.val.get(task_spec.metric, float("-inf") * -sign))
@@ -99,6 +103,11 @@ def _number(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _with_std(value: float | None, std: float | None) -> str:
+    """A CV mean shows its fold spread: `0.9512 ± 0.0120`."""
+    return _number(value, 4) if std is None or value is None else f"{value:.4f} ± {std:.4f}"
+
+
 def _sections(rows: Sequence[LeaderboardRow]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(task, header, cells) per task, in the rows' order: the one layout every format shares."""
     tasks = list(dict.fromkeys(r.task for r in rows))
@@ -110,7 +119,7 @@ def _sections(rows: Sequence[LeaderboardRow]) -> list[tuple[str, list[str], list
         header = ["candidate", "version", "alias", *[f"val {m}" for m in val], *[f"test {m}" for m in test],
                   "p50 ms", "train s"]
         cells = [
-            [r.candidate, r.version or "-", r.alias or "", *[_number(r.val.get(m), 4) for m in val],
+            [r.candidate, r.version or "-", r.alias or "", *[_with_std(r.val.get(m), r.val_std.get(m)) for m in val],
              *[_number(r.test.get(m), 4) for m in test], _number(r.latency_ms_p50, 2), _number(r.train_s, 1)]
             for r in task_rows
         ]

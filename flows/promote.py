@@ -33,6 +33,15 @@ def select_best(results: list[dict[str, Any]], task_spec: TaskSpec) -> dict[str,
     return max(results, key=lambda r: sign * r["val"][task_spec.metric])
 
 
+def selection_method(settings: Settings, result: dict[str, Any]) -> str:
+    """How a result's selection score was made: its run's `maas.selection` tag ("holdout" before it existed)."""
+    if result.get("selection"):
+        return result["selection"]
+    if result.get("run_id"):
+        return tracking.client(settings).get_run(result["run_id"]).data.tags.get("maas.selection", "holdout")
+    return "holdout"
+
+
 def is_better(challenger: float, champion: float, task_spec: TaskSpec) -> bool:
     """Strictly better by more than the margin, in the metric's direction."""
     if task_spec.greater_is_better:
@@ -40,12 +49,21 @@ def is_better(challenger: float, champion: float, task_spec: TaskSpec) -> bool:
     return challenger < champion - task_spec.margin
 
 
-def champion_score(settings: Settings, task_spec: TaskSpec, champion, dataset_version: str) -> float:
-    """The champion's validation metric on `dataset_version`'s validation split."""
-    if champion.tags.get("data_version") == dataset_version:
+def champion_score(settings: Settings, task_spec: TaskSpec, champion, dataset_version: str,
+                   method: str = "holdout") -> float | None:
+    """The champion's selection score made the way the challenger's was (`method`: "holdout" or
+    "cv<k>") on `dataset_version`; None when there is no such score to compare with.
+
+    A CV score exists only for the run that made it (CV would retrain the champion's spec), and a
+    CV-chosen champion was refit on train+val, so it cannot be re-scored on the validation split.
+    """
+    champion_method = champion.tags.get("selection", "holdout")
+    if champion.tags.get("data_version") == dataset_version and champion_method == method:
         metrics = tracking.run_metrics(settings, champion.run_id)
         if f"val_{task_spec.metric}" in metrics:
             return metrics[f"val_{task_spec.metric}"]
+    if method != "holdout" or champion_method != "holdout":
+        return None
     # New data: score the champion on the new validation split, never on test.
     predictor = tracking.load_registered(settings, task_spec.registered_model, champion.version)
     data = load_task_data(settings, task_spec, predictor.kind)
@@ -97,9 +115,15 @@ def promote(settings: Settings, task_spec: TaskSpec, results: list[dict[str, Any
             tracking.set_champion(settings, task_spec.registered_model, best["version"])
             decision |= {"promoted": True, "reason": "there was no champion"}
         else:
-            score = champion_score(settings, task_spec, champion, dataset_version)
+            method = selection_method(settings, best)
+            score = champion_score(settings, task_spec, champion, dataset_version, method)
             decision["champion"] = {"version": champion.version, "score": score}
-            if is_better(challenger, score, task_spec):
+            if score is None:
+                # The challenger was chosen on this data by this method; the champion has no score to match.
+                tracking.set_champion(settings, task_spec.registered_model, best["version"])
+                decision |= {"promoted": True,
+                             "reason": f"the champion has no {method} score on this data version to compare"}
+            elif is_better(challenger, score, task_spec):
                 tracking.set_champion(settings, task_spec.registered_model, best["version"])
                 decision |= {"promoted": True, "reason": f"better than the champion by more than {task_spec.margin}"}
             else:

@@ -62,8 +62,11 @@ def optuna_trials(settings: Settings, task_spec: TaskSpec, base: ModelSpec, spac
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The median rule: a trial stops when its score at a step is below the median of earlier trials there.
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if budget.pruning else optuna.pruners.NopPruner()
+    # TPE models the space after its random start-up trials: Optuna's 10 would leave a small budget random.
+    startup = 10 if budget.trials is None else max(2, min(10, budget.trials // 2))
+    sampler = optuna.samplers.TPESampler(seed=budget.seed, n_startup_trials=startup)
     study = optuna.create_study(direction="maximize" if task_spec.greater_is_better else "minimize",
-                                sampler=optuna.samplers.TPESampler(seed=budget.seed), pruner=pruner)
+                                sampler=sampler, pruner=pruner)
     monitor = f"val_{task_spec.metric}"
     started = time.monotonic()
     results: list[dict[str, Any]] = []

@@ -17,7 +17,7 @@ from components.config import (
 )
 from flows import tracking
 from flows.ingest import DataVersions
-from flows.leaderboard import leaderboard
+from flows.leaderboard import leaderboard, render
 from flows.pipeline import train
 from flows.train import selection_probabilities
 from tests.flows.conftest import topic_project
@@ -70,6 +70,9 @@ def test_small_data_is_chosen_by_cv_and_refit_on_train_and_val(topics, prefect_h
     assert y == pd.concat(frames)["label"].tolist() and proba.shape == (len(y), 3)  # out-of-fold, train+val order
 
     assert metrics["refit_rows"] == len(y)  # the registered model was refit on train+val
+    [row] = leaderboard(settings, config, data.datasets)
+    assert row.val_std["macro_f1"] == metrics["cv_macro_f1_std"]
+    assert f"{row.val['macro_f1']:.4f} ± {row.val_std['macro_f1']:.4f}" in render([row], "markdown")
 
 
 def test_search_finds_a_better_point_logs_child_runs_and_is_cached(topics, prefect_harness, tmp_path):
@@ -94,3 +97,45 @@ def test_search_finds_a_better_point_logs_child_runs_and_is_cached(topics, prefe
     again = train(settings, config, config_name="test")["classification"]
     assert again[0]["cached"] and again[0]["run_id"] == result["run_id"]
     assert len(tracking.search_runs(settings, name, "tags.`maas.trial_of` = 'tfidf'")) == 4  # no new trials
+
+
+def test_pruning_stops_a_bad_torch_trial_at_its_first_evaluation(tmp_path):
+    import optuna
+
+    from components.config import TrainingSpec
+    from components.data.dataset import ClassificationData
+    from components.search import Pruned
+    from components.training.candidates import train_candidate
+    from flows.search import pruning_reporter
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
+    for _ in range(2):  # two finished trials that scored 0.9 at every evaluation
+        trial = study.ask()
+        for step in (4, 8, 12):
+            trial.report(0.9, step)
+        study.tell(trial, 0.9)
+    texts = [f"{w} {w} the match" if i % 2 else f"{w} {w} the bread" for i, w in enumerate(["a", "b"] * 30)]
+    labels = ["sport" if i % 2 else "food" for i in range(60)]
+    data = ClassificationData(texts[:48], labels[:48], texts[48:], labels[48:], [], [], ["food", "sport"])
+    # lr 1e-9 learns nothing in 12 steps: its first evaluation is below the median of the others.
+    spec = ModelSpec(name="bad", kind="lstm", params={"embed_dim": 8, "hidden_size": 8, "num_layers": 1},
+                     training=TrainingSpec(device="cpu", epochs=3, batch_size=12, lr=1e-9, max_length=8,
+                                           num_threads=1))
+    trial = study.ask()
+    with pytest.raises(Pruned):
+        train_candidate(spec, data, tmp_path, pruning_reporter(trial, "val_macro_f1"))
+    assert list(study.trials[-1].intermediate_values) == [4]  # stopped after the first of three epochs
+
+
+def test_promotion_compares_only_scores_made_the_same_way():
+    from types import SimpleNamespace
+
+    from flows.promote import champion_score
+
+    task = TaskSpec(dataset="topics", registered_model="m", candidates=[ModelSpec(name="t", kind="tfidf_logreg")])
+    cv_champion = SimpleNamespace(tags={"data_version": "v1", "selection": "cv5"}, run_id="r", version="1")
+    # A CV champion was refit on train+val: it has no holdout score, and no CV score on other data.
+    assert champion_score(None, task, cv_champion, "v1", "holdout") is None
+    assert champion_score(None, task, cv_champion, "v2", "cv5") is None
+    holdout_champion = SimpleNamespace(tags={"data_version": "v1"}, run_id="r", version="1")
+    assert champion_score(None, task, holdout_champion, "v1", "cv5") is None
