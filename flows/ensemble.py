@@ -106,18 +106,12 @@ def build_ensemble(settings: Settings, task_spec: TaskSpec, members: list[dict[s
                 fit.selection_metrics[task_spec.metric])
     data: ClassificationData = load_task_data(settings, task_spec, KIND)  # KIND is a classifier
     method = f"nested-{members[0].get('selection', 'holdout')}"
-    tags = {
-        "maas.task": "classification",
-        "maas.candidate": NAME,
-        "maas.model_kind": KIND,
-        "maas.data_version": dataset_version,
-        "maas.repo_data_version": repo_version,
-        "maas.dataset": task_spec.dataset,
-        "maas.config": config_name,
-        "maas.code_version": code,
-        "maas.selection": method,
-        "mlflow.source.git.commit": tracking.git_commit(settings.project_dir),
-    }
+    # The members' tags (task, data versions, dataset, config, code), so the leaderboard lists it beside them.
+    inherited = tracking.client(settings).get_run(kept[0]["run_id"]).data.tags
+    tags = {key: value for key, value in inherited.items()
+            if key.startswith("maas.") and key != tracking.PROCESS_TAG or key == "mlflow.source.git.commit"}
+    tags |= {"maas.candidate": NAME, "maas.model_kind": KIND, "maas.selection": method, "maas.config": config_name,
+             "maas.code_version": code, "maas.data_version": dataset_version, "maas.repo_data_version": repo_version}
     params = {"kind": KIND, "method": "caruana-greedy", "members": [m["candidate"] for m in members],
               "weights": fit.weights, "member_versions": {m["candidate"]: m["version"] for m in kept}}
     experiment_id = tracking.ensure_experiment(settings, experiment_name(task_spec))

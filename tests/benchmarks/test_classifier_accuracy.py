@@ -20,21 +20,21 @@ def _benchmark():
     return load_benchmark("classifier_accuracy")
 
 
-@pytest.fixture
-def dataset(tmp_path: Path) -> Path:
-    """An ingested-layout classification folder: three splits of a learnable three-topic task."""
-    folder = tmp_path / "data"
+def ingested(folder: Path, sizes: dict[str, int], text) -> Path:
+    """An ingested-layout classification folder: `sizes[split]` rows per label, `text(split, i, label)` each."""
     folder.mkdir()
-    sizes = {"train": 24, "val": 6, "test": 6}
     for split, n in sizes.items():
-        rows = [
-            {"text": f"{split} note {i}: the {TOPIC_WORDS[label]} story {i}", "label": label}
-            for i in range(n)
-            for label in LABELS
-        ]
+        rows = [{"text": text(split, i, label), "label": label} for i in range(n) for label in LABELS]
         pd.DataFrame(rows).to_parquet(folder / f"{split}.parquet", index=False)
     (folder / "manifest.json").write_text(json.dumps({"task": "classification"}))
     return folder
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    """Three splits of a learnable three-topic task."""
+    return ingested(tmp_path / "data", {"train": 24, "val": 6, "test": 6},
+                    lambda split, i, label: f"{split} note {i}: the {TOPIC_WORDS[label]} story {i}")
 
 
 @pytest.fixture
@@ -87,3 +87,81 @@ def test_bad_seed_lists_are_refused(bad, capsys):
     with pytest.raises(SystemExit):
         _benchmark().main(["--seeds", bad])
     assert "seeds must be" in capsys.readouterr().err
+
+
+# --dataset bbc-brief ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def articles(tmp_path: Path) -> Path:
+    """'Articles': a title joined to sentences, as BBC News is ingested."""
+    return ingested(tmp_path / "articles", {"train": 30, "val": 10, "test": 8},
+                    lambda split, i, label: f"Title {i} of {split} The {TOPIC_WORDS[label]} story number {i}. "
+                                            f"Later text {LABELS[0]}! End")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Dollar gains The dollar rose 1.5% on Friday. Traders said", "Dollar gains The dollar rose 1.5% on Friday."),
+        ('Row over "cuts" Ministers said "no." Then more.', 'Row over "cuts" Ministers said "no."'),
+        ("Is it over? Not yet.", "Is it over?"),
+        ("No sentence ends here", "No sentence ends here"),
+    ],
+)
+def test_brief_keeps_the_title_and_first_sentence(text, expected):
+    assert _benchmark().brief(text) == expected
+
+
+def test_brief_splits_draw_stratified_training_rows_and_keep_the_whole_test_split(articles):
+    from components.data.dataset import load_classification_data
+
+    bench = _benchmark()
+    data = load_classification_data(articles)
+    train, test = bench.brief_splits(data, train_rows=60)
+    assert len(train) == 60 and sorted({r["label"] for r in train}) == list(LABELS)
+    assert {label: sum(r["label"] == label for r in train) for label in LABELS} == dict.fromkeys(LABELS, 20)
+    assert [r["label"] for r in test] == data.test_labels
+    assert all(r["text"].endswith(".") and "Later" not in r["text"] for r in train + test)
+    assert bench.brief_splits(data, train_rows=60) == (train, test)  # seed 42: the same rows every time
+    with pytest.raises(SystemExit, match="wants 500 training articles"):
+        bench.brief_splits(data)
+
+
+TWO_TFIDF = """extends: smoke
+name: two-tfidf
+classification:
+  candidates:
+    lstm: {enabled: false}
+    transformer: {enabled: false}
+    pretrained: {enabled: false}
+    tfidf-chars:
+      kind: tfidf_logreg
+      params: {word_ngrams: [1, 1], char_ngrams: [2, 3], min_df: 1, C: 1.0}
+"""
+
+
+@pytest.mark.slow
+def test_bbc_brief_runs_the_real_pipeline_and_reports_every_candidate_and_the_champion(articles, tmp_path):
+    """The script as a user runs it, on a tiny set: `maas pipeline` in a throwaway project, then its leaderboard."""
+    import subprocess
+    import sys
+
+    preset = tmp_path / "two-tfidf.yaml"
+    preset.write_text(TWO_TFIDF)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "classifier_accuracy.py"), "--dataset", "bbc-brief", "--data",
+         str(articles), "--config", str(preset), "--train-rows", "60", "--keep", str(tmp_path / "run"), "--json"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["splits"] == {"train": 60, "test": 24}
+    names = {row["candidate"] for row in report["rows"]}
+    assert {"tfidf-logreg", "tfidf-chars", "ensemble"} <= names
+    assert report["champion"] in names and report["passed"] == (report["champion_test_macro_f1"] >= 0.92)
+    for row in report["rows"]:
+        assert 0 <= row["selection_macro_f1"] <= 1 and 0 <= row["test_accuracy"] <= 1 and row["train_s"] >= 0
+    # It ran in its own folder: the pipeline wrote the config and the CSVs there, not in the repo.
+    assert (tmp_path / "run" / "project" / "configs" / "bbc-brief.yaml").is_file()
+    assert not (REPO / "configs" / "bbc-brief.yaml").exists()
