@@ -137,6 +137,8 @@ def encode_features(
     device = model_device(model)
     lengths = mask.sum(dim=1)
     out = torch.zeros(len(ids), model.head.in_features)
+    if not len(ids):  # no rows (a refit on train+val has no validation split): nothing to encode
+        return out
     make_batch = _row_batcher(ids, mask, lengths)
     with inference_context(device):
         for idx in length_sorted_batches(lengths, batch_size):

@@ -94,6 +94,14 @@ def test_frozen_encoder_head_learns_and_bundle_loads_without_the_package(data, t
     np.testing.assert_allclose(loaded.predict_proba(data.val_texts), proba, rtol=1e-4, atol=1e-6)
 
 
+def test_a_frozen_encoder_trains_without_validation_rows(data, tmp_path):
+    """A refit on train+val after cross-validation has no validation split to encode."""
+    no_val = ClassificationData(data.train_texts, data.train_labels, [], [], data.test_texts, data.test_labels,
+                                data.labels)
+    predictor = pretrained.train(spec(1e-2, 2, train_layers=0), no_val, tmp_path / "work", lambda m, s: None)
+    assert predictor.predict_proba(data.test_texts).shape == (len(data.test_texts), 2)
+
+
 def test_fine_tuning_the_last_layer_lowers_the_loss(data, tmp_path):
     metrics = []
     predictor = pretrained.train(
