@@ -35,25 +35,25 @@ def train_candidates(settings: Settings, config: PipelineConfig, data: DataVersi
                      config_name: str, only: list[str] | None = None, nproc: int = 1) -> Results:
     """One Prefect task per candidate (cached by data version, spec and code); `cached` marks reused results.
 
-    A candidate with `search:` is searched first (flows/search.py); its result is the best
-    point trained under its name. Plain candidates are submitted before the searches start.
+    A candidate with `search:` is searched first (flows/search.py), before the plain candidates
+    are queued, so a search's `seconds` budget is its own trials' time, not a wait in the queue;
+    its result is the best point trained under its name.
     """
     code = code_version()
-    futures: dict[str, dict[str, Any]] = {}
-    for task_name, task_spec in config.named_tasks():
-        chosen = [spec for spec in task_spec.candidates if not only or spec.name in only]
-        futures[task_name] = {
-            spec.name: train_candidate_task.with_options(
-                refresh_cache=force, timeout_seconds=spec.timeout_s, task_run_name=f"train-{spec.name}"
-            ).submit(settings, task_spec, spec, dataset_version=data.datasets[task_spec.dataset],
-                     repo_version=data.repo, code=code, config_name=config_name, nproc=nproc)
-            for spec in chosen if spec.search is None
-        }
+    futures: dict[str, dict[str, Any]] = {task_name: {} for task_name, _ in config.named_tasks()}
     for task_name, task_spec in config.named_tasks():
         for spec in task_spec.candidates:
             if spec.search is not None and (not only or spec.name in only):
                 futures[task_name][spec.name] = search_candidate(settings, task_spec, spec, data, code, config_name,
                                                                  force=force)
+    for task_name, task_spec in config.named_tasks():
+        futures[task_name] |= {
+            spec.name: train_candidate_task.with_options(
+                refresh_cache=force, timeout_seconds=spec.timeout_s, task_run_name=f"train-{spec.name}"
+            ).submit(settings, task_spec, spec, dataset_version=data.datasets[task_spec.dataset],
+                     repo_version=data.repo, code=code, config_name=config_name, nproc=nproc)
+            for spec in task_spec.candidates if spec.search is None and (not only or spec.name in only)
+        }
     return {
         task_name: [dict(task_futures[spec.name].result(), cached=task_futures[spec.name].state.name == "Cached")
                     for spec in task_spec.candidates if spec.name in task_futures]
