@@ -275,6 +275,7 @@ class TaskSpec(_Spec):
     # candidate name -> its search space, for `maas sweep`.
     sweeps: dict[str, SweepSpec] = Field(default_factory=dict)
     ensemble: EnsembleSpec = Field(default_factory=EnsembleSpec)
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
     size_rule: SizeRule = Field(default_factory=SizeRule)
 
 
@@ -282,7 +283,6 @@ class ServingSpec(_Spec):
     """The service's limits; each must be positive (a zero limit would refuse every request)."""
 
     max_batch_size: int = Field(64, gt=0)
-    selection: SelectionSpec = Field(default_factory=SelectionSpec)
     # The longest a text may wait for its batch before BentoML sheds it with a 503: keep it well
     # above one full batch's time (MiniLM on 2 CPU cores: about 1 s for 32 texts).
     max_latency_ms: int = Field(10_000, gt=0)
