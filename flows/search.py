@@ -79,9 +79,8 @@ def optuna_trials(settings: Settings, task_spec: TaskSpec, base: ModelSpec, spac
         reports = [pruning_reporter(trial, monitor) for trial in batch]
         futures = submit_trials(settings, task_spec, specs, data, code, config_name, parent, base.name, reports)
         for trial, point, spec, future in zip(batch, points, specs, futures, strict=True):
-            try:
-                result = future.result()
-            except Pruned:
+            result = future.result()
+            if result.get("pruned"):
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 results.append({"candidate": spec.name, "point": point, "pruned": True, "val": {}})
                 continue

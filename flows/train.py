@@ -142,7 +142,8 @@ def train_candidate_task(
     On a small classification set (`task_spec.selection`) the selection scores are the k-fold
     CV means on train+val and the model is then refit on train+val; otherwise they are the
     validation split's. A search trial (`trial_of` names its candidate) only scores: no test,
-    no logged model; `report(metrics, step)` gets its progress and may raise `Pruned`.
+    no logged model; `report(metrics, step)` gets its progress and may raise `Pruned`, which
+    ends the trial with `{"pruned": True}`.
     """
     logger = run_logger()
     data = load_task_data(settings, task_spec, model_spec.kind)
@@ -276,14 +277,15 @@ def train_candidate_task(
             "train_s": train_s,
             "model_size_mb": size_mb,
         }
-    except Pruned:
+    except Pruned as stopped:  # the search's verdict, not a failure: a log line, no traceback
         metrics_logger.flush()
         tracking.end_run(settings, run_id, "KILLED")
         raise
     except BaseException:
         metrics_logger.flush()
         tracking.end_run(settings, run_id, "FAILED")
-        raise
+        logger.info("%s", stopped)
+        return {"candidate": model_spec.name, "pruned": True, "val": {}}
     finally:
         # Checkpoints are only needed while training; the bundle now lives in MLflow.
         shutil.rmtree(workdir, ignore_errors=True)
