@@ -258,6 +258,9 @@ class SizeRule(_Spec):
     streaming_above_rows: int | None = Field(200_000, ge=0)
     in_memory_kinds: list[str] = Field(default_factory=lambda: ["tfidf_logreg"])
     streaming_kinds: list[str] = Field(default_factory=lambda: ["hashing_sgd"])
+    # kind -> the fewest training rows it trains on. Networks trained from scratch learn little
+    # from a few hundred texts, and cross-validation there costs six trainings each.
+    min_rows: dict[str, int] = Field(default_factory=lambda: {"lstm": 1000, "transformer": 1000})
 
 
 class TaskSpec(_Spec):

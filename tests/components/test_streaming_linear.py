@@ -135,5 +135,16 @@ def test_the_config_overrides_the_size_rule(tmp_path):
     )
     rule = load_config(config).classification.size_rule
     assert [c.name for c in admitted(_candidates(), 5000, rule)[0]] == ["hashed", "lstm"]
-    off = SizeRule(streaming_above_rows=None)
+    off = SizeRule(streaming_above_rows=None, min_rows={})
     assert admitted(_candidates(), 10**9, off) == (_candidates(), {})
+
+
+def test_networks_trained_from_scratch_are_left_out_of_small_data_with_the_reason():
+    rule = SizeRule()
+    kept, skipped = admitted(_candidates(), 999, rule)
+    assert [c.name for c in kept] == ["tfidf"] and set(skipped) == {"hashed", "lstm"}
+    assert "999 training rows < size_rule.min_rows.lstm 1000" in skipped["lstm"]
+    assert [c.name for c in admitted(_candidates(), 1000, rule)[0]] == ["tfidf", "lstm"]
+    # min_rows applies with the streaming threshold off, and an empty mapping trains every kind.
+    assert [c.name for c in admitted(_candidates(), 10, SizeRule(streaming_above_rows=None))[0]] == ["tfidf", "hashed"]
+    assert admitted(_candidates(), 10, SizeRule(streaming_above_rows=None, min_rows={})) == (_candidates(), {})
