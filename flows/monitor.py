@@ -141,11 +141,19 @@ def new_labelled_data(settings: Settings, config: PipelineConfig, task_spec: Tas
     """Whether the configured source now holds labelled data the champion was not trained on."""
     trained_on = champion.tags.get("data_version")
     now = source_data_version(settings, config.dataset(task_spec.dataset))
-    changed = now != trained_on
-    why = (f"the source of {task_spec.dataset} now gives data version {now[:12]}, the champion was trained on "
-           f"{(trained_on or 'an unknown version')[:12]}" if changed
-           else f"the source of {task_spec.dataset} is unchanged since the champion's data version {now[:12]}")
-    return {"changed": changed, "source_version": now, "champion_data_version": trained_on, "why": why}
+    # A retrain on this data that did not beat the champion would only repeat itself each hour.
+    tried = [] if now == trained_on else tracking.versions_trained_on(settings, task_spec.registered_model, now)
+    changed = now != trained_on and not tried
+    if changed:
+        why = (f"the source of {task_spec.dataset} now gives data version {now[:12]}, the champion was trained on "
+               f"{(trained_on or 'an unknown version')[:12]}")
+    elif tried:
+        why = (f"version(s) {', '.join(tried)} of {task_spec.registered_model} were already trained on the source's "
+               f"data version {now[:12]} and did not replace the champion")
+    else:
+        why = f"the source of {task_spec.dataset} is unchanged since the champion's data version {now[:12]}"
+    return {"changed": changed, "source_version": now, "champion_data_version": trained_on,
+            "already_tried": tried, "why": why}
 
 
 # --------------------------------------------------------------------------- the retrain trigger

@@ -308,6 +308,15 @@ def model_versions_for_run(settings: Settings, registered_model: str, run_id: st
         return []
 
 
+def versions_trained_on(settings: Settings, registered_model: str, data_version: str) -> list[str]:
+    """The registry versions whose ``data_version`` tag is `data_version` (oldest first)."""
+    try:
+        versions = client(settings).search_model_versions(f"name='{registered_model}'")
+    except MlflowException:
+        return []
+    return sorted((v.version for v in versions if v.tags.get("data_version") == data_version), key=int)
+
+
 def newest_version_of_candidate(settings: Settings, registered_model: str, candidate: str) -> str | None:
     """The highest registry version that candidate `candidate` produced (its ``candidate`` tag)."""
     try:

@@ -164,6 +164,21 @@ def test_new_rows_but_no_retrain_deployment_says_why_it_did_not_trigger(scene):
     assert "no retrain/retrain deployment" in outcome["trigger"]["why"]
     assert scene.retrain_runs() == []
 
+    # A retrain on that data already ran and its challenger lost: retraining again would change
+    # nothing, so the monitor asks for labels instead of triggering the same retrain every hour.
+    from mlflow.tracking import MlflowClient
+
+    registry = MlflowClient(f"sqlite:///{scene.home / 'mlflow' / 'mlflow.db'}")
+    champion = registry.get_model_version_by_alias(MODEL, "champion")
+    lost = registry.create_model_version(MODEL, champion.source, run_id=champion.run_id,
+                                         tags={"data_version": outcome["new_data"]["source_version"]})
+    try:
+        again = scene.monitor()
+        assert again["action"] == "needs-labels" and again["triggered"] is False
+        assert again["new_data"]["already_tried"] == [lost.version]
+    finally:
+        registry.delete_model_version(MODEL, lost.version)
+
 
 @pytest.mark.slow
 def test_new_rows_trigger_a_retrain_run_on_the_server(scene):
