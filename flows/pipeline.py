@@ -15,8 +15,10 @@ from typing import Any
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from components.config import PipelineConfig
+from components.config import ModelSpec, PipelineConfig, TaskSpec
+from components.data.dataset import read_dataset_manifest
 from components.data.fingerprint import dataset_version
+from components.models.size_rule import admitted
 from flows.ensemble import add_ensembles
 from flows.ingest import DataVersions, ensure_data, ingest
 from flows.leaderboard import leaderboard, log_comparison, publish_artifacts
@@ -37,12 +39,15 @@ def train_candidates(settings: Settings, config: PipelineConfig, data: DataVersi
 
     A candidate with `search:` is searched first (flows/search.py), before the plain candidates
     are queued, so a search's `seconds` budget is its own trials' time, not a wait in the queue;
-    its result is the best point trained under its name.
+    its result is the best point trained under its name. On a classification task only the
+    candidates its `size_rule` admits train (see `size_admitted`).
     """
     code = code_version()
+    candidates = {task_name: size_admitted(settings, task_name, task_spec) for task_name, task_spec in
+                  config.named_tasks()}
     futures: dict[str, dict[str, Any]] = {task_name: {} for task_name, _ in config.named_tasks()}
     for task_name, task_spec in config.named_tasks():
-        for spec in task_spec.candidates:
+        for spec in candidates[task_name]:
             if spec.search is not None and (not only or spec.name in only):
                 futures[task_name][spec.name] = search_candidate(settings, task_spec, spec, data, code, config_name,
                                                                  force=force)
@@ -52,13 +57,29 @@ def train_candidates(settings: Settings, config: PipelineConfig, data: DataVersi
                 refresh_cache=force, timeout_seconds=spec.timeout_s, task_run_name=f"train-{spec.name}"
             ).submit(settings, task_spec, spec, dataset_version=data.datasets[task_spec.dataset],
                      repo_version=data.repo, code=code, config_name=config_name, nproc=nproc)
-            for spec in task_spec.candidates if spec.search is None and (not only or spec.name in only)
+            for spec in candidates[task_name] if spec.search is None and (not only or spec.name in only)
         }
     return {
         task_name: [dict(task_futures[spec.name].result(), cached=task_futures[spec.name].state.name == "Cached")
                     for spec in task_spec.candidates if spec.name in task_futures]
         for task_name, task_spec in config.named_tasks() if (task_futures := futures[task_name])
     }
+
+
+def size_admitted(settings: Settings, task_name: str, task_spec: TaskSpec) -> list[ModelSpec]:
+    """The candidates of a classification task that its `size_rule` admits for the training rows
+    its dataset's manifest counts (the data is not loaded); each one left out is logged with why."""
+    if task_name != "classification":
+        return list(task_spec.candidates)
+    manifest = read_dataset_manifest(settings.data_root / task_spec.dataset)
+    rows = int(manifest["counts"]["rows"]["train"])
+    kept, skipped = admitted(task_spec.candidates, rows, task_spec.size_rule)
+    for name, reason in skipped.items():
+        run_logger().warning("size rule: candidate %s skipped on %s: %s", name, task_spec.dataset, reason)
+    if not kept:
+        raise ValueError(f"size_rule leaves no {task_name} candidate for the {rows} training rows of "
+                         f"{task_spec.dataset}: " + "; ".join(f"{name}: {why}" for name, why in skipped.items()))
+    return kept
 
 
 def promote_champions(settings: Settings, config: PipelineConfig, results: Results,

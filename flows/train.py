@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,14 @@ import numpy as np
 from prefect import task
 
 from components.config import ModelSpec, TaskSpec
-from components.data.dataset import ClassificationData, CorpusData, load_classification_data, load_corpus
+from components.data.dataset import (
+    SHARDS_LAYOUT,
+    ClassificationData,
+    CorpusData,
+    load_classification_data,
+    load_corpus,
+    read_dataset_manifest,
+)
 from components.evaluation.classification import (
     classification_metrics,
     flat_metrics,
@@ -26,6 +34,7 @@ from components.evaluation.classification import (
     plot_confusion_matrix,
 )
 from components.evaluation.report import evaluate
+from components.models import streaming_linear
 from components.models.registry import model_kind
 from components.predictor import Predictor, load_predictor
 from components.search import Pruned
@@ -66,6 +75,53 @@ def load_task_data(settings: Settings, task_spec: TaskSpec, kind: str) -> Classi
     if model_kind(kind).is_language_model:
         return load_corpus(folder)
     return load_classification_data(folder)
+
+
+def streams(settings: Settings, task_spec: TaskSpec, kind: str) -> bool:
+    """Whether a candidate trains and is scored from the dataset's shards, never holding a split:
+    the streaming kind on a streamed (sharded) dataset; every other case loads the data."""
+    if kind != streaming_linear.KIND:
+        return False
+    return read_dataset_manifest(settings.data_root / task_spec.dataset).get("layout") == SHARDS_LAYOUT
+
+
+# Validation rows whose probabilities a streamed candidate keeps for ensembles (rows x classes
+# floats); past this, the first rows only, and the run says so.
+SELECTION_MAX_ROWS = 200_000
+
+
+@dataclass
+class StreamedScores:
+    """A streamed candidate's evaluation report and what the run logs beside it."""
+
+    report: dict[str, Any]  # {"val", "test", "latency"} as `evaluate` makes them
+    val_proba: np.ndarray  # at most SELECTION_MAX_ROWS rows, in split order
+    val_labels: list[str]
+    examples: list[str]  # the first texts of the validation split
+
+
+def score_streamed(predictor: Predictor, folder: Path, splits: tuple[str, ...], chunk_rows: int) -> StreamedScores:
+    """Metrics of each split read chunk by chunk: the texts of one chunk at a time, the
+    predictions and labels of the whole split (numbers and short strings)."""
+    report: dict[str, Any] = {}
+    samples: dict[str, list[str]] = {}
+    val_proba, val_labels = np.zeros((0, len(predictor.labels))), []
+    for split in splits:
+        truth, probabilities, sample = [], [], []
+        for texts, labels in streaming_linear.folder_chunks(folder, split, chunk_rows):
+            truth.extend(labels)
+            probabilities.append(predictor.predict_proba(texts))
+            sample.extend(texts[: max(0, 64 - len(sample))])
+        proba = np.vstack(probabilities) if probabilities else np.zeros((0, len(predictor.labels)))
+        report[split] = classification_metrics(truth, proba, predictor.labels)
+        samples[split] = sample
+        if split == "val":
+            val_proba, val_labels = proba[:SELECTION_MAX_ROWS], truth[:SELECTION_MAX_ROWS]
+            if len(truth) > SELECTION_MAX_ROWS:
+                run_logger().warning("selection probabilities kept for the first %d of %d validation rows",
+                                     SELECTION_MAX_ROWS, len(truth))
+    report["latency"] = measure_latency(predictor.predict_proba, samples.get("test") or samples["val"])
+    return StreamedScores(report, val_proba, val_labels, samples["val"])
 
 
 def _cache_key(context, parameters: dict[str, Any]) -> str:
@@ -146,9 +202,12 @@ def train_candidate_task(
     ends the trial with `{"pruned": True}`.
     """
     logger = run_logger()
-    data = load_task_data(settings, task_spec, model_spec.kind)
-    is_classification = isinstance(data, ClassificationData)
-    method = method_name(task_spec.selection, data)
+    folder = settings.data_root / task_spec.dataset
+    # A streamed candidate never loads the splits; it is scored on the validation split (no CV).
+    streamed = streams(settings, task_spec, model_spec.kind)
+    data = None if streamed else load_task_data(settings, task_spec, model_spec.kind)
+    is_classification = streamed or isinstance(data, ClassificationData)
+    method = "holdout" if streamed else method_name(task_spec.selection, data)
     experiment_id = tracking.ensure_experiment(settings, experiment_name(task_spec))
     tags = {
         "maas.task": "classification" if is_classification else "generation",
@@ -178,7 +237,17 @@ def train_candidate_task(
         started = time.perf_counter()
         metrics: dict[str, float] = {}
         cv = None
-        if method != "holdout":
+        scored = None
+        if streamed:
+            on_metrics = metrics_logger if report is None else _both(metrics_logger, report)
+            predictor = streaming_linear.train_from_folder(model_spec, folder, workdir / "train", on_metrics)
+            scored = score_streamed(predictor, folder, ("val",) if trial_of else ("val", "test"),
+                                    streaming_linear.resolve_params(model_spec.params)["chunk_rows"])
+            if trial_of:
+                val = {m: float(scored.report["val"][m]) for m in SELECTION_METRICS}
+                metrics |= {f"val_{m}": v for m, v in val.items()}
+                return _finish_trial(settings, run_id, metrics_logger, metrics, model_spec, started, val, None)
+        elif method != "holdout":
             cv = cross_validate(
                 lambda fold, i: train_candidate(model_spec, fold, workdir / f"fold-{i}", _prefixed(metrics_logger, i)),
                 data, task_spec.selection, on_fold=_fold_reporter(report, task_spec.metric),
@@ -214,6 +283,9 @@ def train_candidate_task(
             report_doc = {"selection": method, "val": val, "cv_folds": cv.fold_metrics, "test": test_metrics,
                           "latency": measure_latency(predictor.predict_proba, data.test_texts)}
             test = {k: test_metrics[k] for k in SELECTION_METRICS}
+        elif scored is not None:
+            report_doc = scored.report
+            val, test = _summary_metrics(report_doc, tags["maas.task"])
         else:
             report_doc = evaluate(predictor, data)
             val, test = _summary_metrics(report_doc, tags["maas.task"])
@@ -242,14 +314,19 @@ def train_candidate_task(
                 report_doc["test"]["confusion_matrix"], predictor.labels, workdir / "confusion_matrix_test.png",
                 f"{model_spec.name}: test split",
             )
-            _log_selection(settings, run_id, workdir / "selection", predictor, data, cv)
+            if scored is not None:
+                _save_selection(settings, run_id, workdir / "selection", list(predictor.labels), scored.val_proba,
+                                scored.val_labels)
+            else:
+                _log_selection(settings, run_id, workdir / "selection", predictor, data, cv)
         elif predictor.metadata.get("samples"):
             samples = workdir / "samples.txt"
             samples.write_text("\n\n---\n\n".join(predictor.metadata["samples"]))
             artifacts["samples.txt"] = samples
         tracking.log_artifacts(settings, run_id, artifacts)
         model_uri = tracking.log_model(
-            settings, run_id, bundle_dir, _input_example(data),
+            settings, run_id, bundle_dir,
+            [text[:500] for text in scored.examples[:2]] if scored is not None else _input_example(data),
             needs_torch=model_kind(model_spec.kind).needs_torch,
         )
         version = None
@@ -280,12 +357,12 @@ def train_candidate_task(
     except Pruned as stopped:  # the search's verdict, not a failure: a log line, no traceback
         metrics_logger.flush()
         tracking.end_run(settings, run_id, "KILLED")
-        raise
+        logger.info("%s", stopped)
+        return {"candidate": model_spec.name, "pruned": True, "val": {}}
     except BaseException:
         metrics_logger.flush()
         tracking.end_run(settings, run_id, "FAILED")
-        logger.info("%s", stopped)
-        return {"candidate": model_spec.name, "pruned": True, "val": {}}
+        raise
     finally:
         # Checkpoints are only needed while training; the bundle now lives in MLflow.
         shutil.rmtree(workdir, ignore_errors=True)
@@ -342,6 +419,10 @@ def _log_selection(settings: Settings, run_id: str, folder: Path, predictor: Pre
         proba, y = cv.proba[:, [index[label] for label in labels]], cv.y
     else:
         proba, y = predictor.predict_proba(data.val_texts), list(data.val_labels)
+    _save_selection(settings, run_id, folder, labels, proba, y)
+
+
+def _save_selection(settings: Settings, run_id: str, folder: Path, labels: list[str], proba, y: list[str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "proba.npy", np.asarray(proba, dtype=np.float32))
     (folder / "labels.json").write_text(json.dumps({"labels": labels, "y": list(y)}))
