@@ -26,8 +26,8 @@ from flows.logs import run_logger
 from flows.package import build, import_champion
 from flows.promote import promote
 from flows.promote import rollback as rollback_champion
-from flows.settings import Settings
 from flows.search import search_candidate
+from flows.settings import Settings
 from flows.train import code_version, train_candidate_task
 
 Results = dict[str, list[dict[str, Any]]]  # task name -> what train_candidate_task returned, per candidate

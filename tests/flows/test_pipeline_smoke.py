@@ -112,7 +112,8 @@ def test_compare_json_lists_the_leaderboard(smoke_run, monkeypatch):
     assert result.exit_code == 0, result.output
     rows = [row for row in json.loads(result.output) if row["task"] == "classification"]
     task = config.classification
-    assert {r["candidate"] for r in rows} == {c.name for c in task.candidates}
+    # Every configured candidate, and the ensemble of them that the pipeline adds (TaskSpec.ensemble).
+    assert {r["candidate"] for r in rows} == {c.name for c in task.candidates} | {"ensemble"}
     for row in rows:
         assert row["task"] == "classification" and row["run_id"]
         assert row["data_version"] == summary["data"].datasets[task.dataset]
