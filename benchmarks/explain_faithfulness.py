@@ -4,6 +4,7 @@
     python benchmarks/explain_faithfulness.py --models tfidf-logreg,lstm --texts 50 --json
     python benchmarks/explain_faithfulness.py --bundle models/champion --bundle models/lstm
     python benchmarks/explain_faithfulness.py --full                   # the config's candidates as configured
+    python benchmarks/explain_faithfulness.py --method integrated_gradients --ig-steps 32
 
 For each classifier, each validation text is explained (``Predictor.attribute``, timed: the
 ``ms_per_text``), then for k = 1..``--max-k`` two copies are classified: one without the k words
@@ -12,6 +13,8 @@ at random (seeded per text) from the words the model reads. A row reports the me
 originally predicted class's probability for each (``top_drop``, ``random_drop``); per model,
 the area under each deletion curve is the mean drop over k = 1..max-k. A faithful explanation's
 top words matter more than random ones: the issue's bar is ``top_drop >= 2 x random_drop`` at k = 5.
+A torch classifier is measured with occlusion, integrated gradients or both (``--method``, each
+a row ``method``); TF-IDF always with its exact linear contributions.
 
 Without ``--bundle`` it trains the config's classification candidates (``--config``, default
 ``default``) on the ingested splits (``--data``, else ``data/<dataset>``, else ingested into a
@@ -37,7 +40,9 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 from components.config import ModelSpec, load_config, resolve_config_path  # noqa: E402
 from components.data.dataset import load_classification_data  # noqa: E402
 from components.data.ingest import ingest_dataset  # noqa: E402
+from components.explain.gradients import DEFAULT_STEPS  # noqa: E402
 from components.explain.words import TextWords, WordAttribution  # noqa: E402
+from components.models.torch_classifier import EXPLAIN_METHODS  # noqa: E402
 from components.predictor import ClassifierPredictor, load_predictor  # noqa: E402
 from components.training.candidates import train_candidate  # noqa: E402
 
@@ -123,15 +128,19 @@ def measure(name: str, predictor: ClassifierPredictor, texts: list[str], max_k: 
     ]  # fmt: skip
     ms_per_text = (time.perf_counter() - started) * 1000 / len(texts)
     top, rand = deletion_curves(predictor, texts, attributions, max_k, seed)
+    method = attributions[0].method
     rows = [
-        {"model": name, "k": k, "top_drop": round(t, 4), "random_drop": round(r, 4), "ms_per_text": round(ms_per_text, 2)}
+        {
+            "model": name, "method": method, "k": k, "top_drop": round(t, 4), "random_drop": round(r, 4),
+            "ms_per_text": round(ms_per_text, 2),
+        }
         for k, (t, r) in enumerate(zip(top, rand, strict=True), start=1)
     ]  # fmt: skip
     at = min(5, max_k) - 1
     summary = {
         "model": name,
         "kind": predictor.kind,
-        "method": attributions[0].method,
+        "method": method,
         "top_area": round(statistics.fmean(top), 4),
         "random_area": round(statistics.fmean(rand), 4),
         # A random deletion can raise the probability (a negative drop): then the ratio means nothing.
@@ -164,7 +173,16 @@ def run(args: argparse.Namespace) -> dict:
                 spec = spec if args.full else quick(spec)
                 print(f"# training {spec.name} ({spec.kind})", file=sys.stderr, flush=True)
                 models.append((spec.name, train_candidate(spec, data, workdir / spec.name)))
-        results = [measure(name, predictor, texts, args.max_k, args.seed) for name, predictor in models]
+        methods = list(EXPLAIN_METHODS) if args.method == "both" else [args.method]
+        results = []
+        for name, predictor in models:
+            if not hasattr(predictor, "explain_method"):  # TF-IDF: one exact method
+                results.append(measure(name, predictor, texts, args.max_k, args.seed))
+                continue
+            predictor.ig_steps = args.ig_steps
+            for method in methods:
+                predictor.explain_method = method
+                results.append(measure(name, predictor, texts, args.max_k, args.seed))
     return {
         "texts": len(texts),
         "rows": [row for result in results for row in result["rows"]],
@@ -174,13 +192,14 @@ def run(args: argparse.Namespace) -> dict:
 
 def print_table(report: dict) -> None:
     width = max(len("model"), *(len(row["model"]) for row in report["rows"]))
+    mwidth = max(len("method"), *(len(row["method"]) for row in report["rows"]))
     print(
         f"deletion curves over {report['texts']} validation texts (drop of the predicted class's probability)"
     )
-    print(f"{'model':<{width}}  {'k':>3}  {'top_drop':>9}  {'random_drop':>11}  {'ms_per_text':>11}")
+    print(f"{'model':<{width}}  {'method':<{mwidth}}  {'k':>3}  {'top_drop':>9}  {'random_drop':>11}  {'ms_per_text':>11}")
     for row in report["rows"]:
         print(
-            f"{row['model']:<{width}}  {row['k']:>3}  {row['top_drop']:>9.4f}  {row['random_drop']:>11.4f}  "
+            f"{row['model']:<{width}}  {row['method']:<{mwidth}}  {row['k']:>3}  {row['top_drop']:>9.4f}  {row['random_drop']:>11.4f}  "
             f"{row['ms_per_text']:>11.2f}"
         )
     for s in report["models"]:
@@ -206,10 +225,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--texts", type=int, default=200, help="validation texts explained (default 200)")
     parser.add_argument("--max-k", type=int, default=10, help="largest number of words deleted (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random deletions")
+    parser.add_argument(
+        "--method",
+        choices=[*EXPLAIN_METHODS, "both"],
+        default="both",
+        help="how the torch classifiers explain (default both; TF-IDF is always exact)",
+    )
+    parser.add_argument(
+        "--ig-steps", type=int, default=DEFAULT_STEPS, help=f"integrated gradients' steps (default {DEFAULT_STEPS})"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
-    if args.texts < 1 or args.max_k < 1:
-        parser.error("--texts and --max-k must be at least 1")
+    if args.texts < 1 or args.max_k < 1 or args.ig_steps < 1:
+        parser.error("--texts, --max-k and --ig-steps must be at least 1")
     report = run(args)
     if args.json:
         print(json.dumps(report))

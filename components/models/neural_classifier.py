@@ -195,6 +195,19 @@ class NeuralClassifierPredictor(TorchClassifierPredictor):
             return [split_word_share(e.word_ids, e.ids, self.tokenizer.unk_id) for e in encodings]
         return [unknown_id_share(ids, self.tokenizer.unk_id) for ids in self.tokenizer.encode_batch(texts)]
 
+    def embedding_layer(self) -> nn.Module:
+        return self.model.token_embedding
+
+    def gradient_inputs(self, texts: list[str]):
+        ids, lengths = encode_padded(self.tokenizer, texts, self.max_length)
+        if isinstance(self.tokenizer, BPETokenizer):
+            encodings = self.tokenizer.tokenizer.encode_batch(texts, add_special_tokens=False)
+            spans = [e.offsets[: self.max_length] for e in encodings]
+        else:
+            spans = [self.tokenizer.token_spans(text)[: self.max_length] for text in texts]
+        # Baseline: every token the padding one, the lengths kept (the LSTM's pad row is zero).
+        return ids, torch.full_like(ids, self.tokenizer.pad_id), (lengths,), spans
+
     def predict_texts(self, texts: list[str]) -> np.ndarray:
         ids, lengths = encode_padded(self.tokenizer, texts, self.max_length)
         return predict_in_length_batches(

@@ -180,6 +180,19 @@ class PretrainedPredictor(TorchClassifierPredictor):
             split_word_share(encoding.word_ids(i), ids, unk_id) for i, ids in enumerate(encoding["input_ids"])
         ]
 
+    def embedding_layer(self) -> nn.Module:
+        return self.model.encoder.get_input_embeddings()
+
+    def gradient_inputs(self, texts: list[str]):
+        enc = self.tokenizer(
+            texts, truncation=True, max_length=self.max_length, padding="longest", return_tensors="pt",
+            return_token_type_ids=False, return_offsets_mapping=True, return_special_tokens_mask=True,
+        )  # fmt: skip
+        ids, specials = enc["input_ids"], enc["special_tokens_mask"].bool()
+        # Baseline: the word pieces become [PAD]; [CLS], [SEP] and the attention mask stay.
+        baseline = torch.where(specials, ids, torch.full_like(ids, self.tokenizer.pad_token_id))
+        return ids, baseline, (enc["attention_mask"],), enc["offset_mapping"].tolist()
+
     def predict_texts(self, texts: list[str]) -> np.ndarray:
         device = model_device(self.model)
         ids, mask = tokenize(self.tokenizer, texts, self.max_length)

@@ -67,6 +67,10 @@ class WordVocab:
     def tokenize(self, text: str) -> list[str]:
         return _split(text, self.lowercase)
 
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Each token's characters in `text`, [start, end), in the order `encode` gives the ids."""
+        return [m.span() for m in _TOKEN_RE.finditer(text)]  # lowercasing keeps the tokens' places
+
     def encode(self, text: str, max_length: int | None = None) -> list[int]:
         """Token ids, unknown words as ``<unk>``; the first `max_length` tokens when given."""
         words = self.tokenize(text)

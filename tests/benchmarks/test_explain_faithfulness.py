@@ -15,12 +15,13 @@ def test_the_report_has_a_row_per_model_and_k_and_tfidf_deletions_beat_random(da
     args = ["--config", str(config), "--data", str(dataset), "--texts", "6", "--max-k", "3", "--json"]
     report = benchmark.main([*args, "--models", "tfidf-logreg,lstm"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == report
-    assert [(row["model"], row["k"]) for row in report["rows"]] == [
-        (model, k) for model in ("tfidf-logreg", "lstm") for k in (1, 2, 3)
-    ]
-    assert set(report["rows"][0]) == {"model", "k", "top_drop", "random_drop", "ms_per_text"}
-    tfidf, lstm = report["models"]
-    assert (tfidf["method"], lstm["method"]) == ("linear", "occlusion")
+    methods = [("tfidf-logreg", "linear"), ("lstm", "occlusion"), ("lstm", "integrated_gradients")]
+    assert [(row["model"], row["method"], row["k"]) for row in report["rows"]] == [
+        (model, method, k) for model, method in methods for k in (1, 2, 3)
+    ]  # --method both: each torch model twice, TF-IDF once
+    assert set(report["rows"][0]) == {"model", "method", "k", "top_drop", "random_drop", "ms_per_text"}
+    tfidf, _, _ = report["models"]
+    assert [(m["model"], m["method"]) for m in report["models"]] == methods
     # Each text names its topic with two words in every split: deleting them is the biggest drop.
     assert tfidf["top_area"] > max(tfidf["random_area"], 0) and tfidf["ms_per_text"] > 0
 
