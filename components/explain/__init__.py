@@ -2,5 +2,6 @@
 
 ``words`` defines the unit (a word, never a word piece or character n-gram) and the common
 result; ``linear`` gives the TF-IDF model's exact contributions; ``occlusion`` serves every
-other classifier (the torch ones) by deleting one word at a time.
+other classifier (the torch ones) by deleting one word at a time; ``gradients`` gives the torch
+ones integrated gradients on their token embeddings (Captum).
 """

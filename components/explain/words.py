@@ -49,7 +49,8 @@ class WordAttribution:
 
     A positive score pushed the prediction towards ``label``, a negative one away from it. The
     unit depends on ``method``: "linear" scores are logit contributions, "occlusion" scores are
-    drops of the predicted class's probability when the word is deleted.
+    drops of the predicted class's probability when the word is deleted, "integrated_gradients"
+    scores are shares of the change of its log-probability from the all-padding baseline.
     """
 
     label: int  # index of the predicted class
