@@ -16,6 +16,9 @@ from components.predictor import ClassifierPredictor
 from components.training.device import model_device
 
 EXPLAIN_METHODS = ("occlusion", "integrated_gradients")
+# Kinds explained by integrated gradients by default: for the LSTM they were as faithful as
+# occlusion at less than half its cost; elsewhere occlusion was as cheap and at least as faithful.
+INTEGRATED_GRADIENTS_KINDS = frozenset({"lstm"})
 
 
 class TorchClassifierPredictor(ClassifierPredictor):
@@ -26,7 +29,7 @@ class TorchClassifierPredictor(ClassifierPredictor):
     """
 
     default_batch_size: int | None = None
-    explain_method: str = "occlusion"
+    explain_method: str = "occlusion"  # set per kind in __init__
     ig_steps: int = DEFAULT_STEPS
 
     def __init__(
@@ -43,6 +46,7 @@ class TorchClassifierPredictor(ClassifierPredictor):
         self.tokenizer = tokenizer
         self.model = model.eval()
         self.batch_size = batch_size if batch_size is not None else self.default_batch_size
+        self.explain_method = "integrated_gradients" if kind in INTEGRATED_GRADIENTS_KINDS else "occlusion"
 
     @property
     def on_accelerator(self) -> bool:

@@ -118,7 +118,9 @@ def trigger_predictor(max_length: int = 64) -> NeuralClassifierPredictor:
     vocab = WordVocab.build([" ".join(WORDS)])
     model = TriggerModel(vocab.vocab_size, vocab.encode("zebra")[0])
     config = {"tokenizer": "word", "max_length": max_length}
-    return NeuralClassifierPredictor("lstm", config, ["plain", "zebra"], vocab, model)
+    predictor = NeuralClassifierPredictor("lstm", config, ["plain", "zebra"], vocab, model)
+    predictor.explain_method = "occlusion"  # the lstm's default is integrated gradients
+    return predictor
 
 
 def test_occlusion_ranks_a_planted_trigger_word_first():

@@ -86,6 +86,8 @@ def test_integrated_gradients_rank_the_deciding_word_first():
         assert set(item.scores) == set(TextWords(text).keys)  # words only: no punctuation tokens
     [explained] = predictor.explain(texts[:1], top_k=1)
     assert explained["towards"][0]["word"] == "Zebra"
+    assert NeuralClassifierPredictor("lstm", {}, ["a"], vocab, nn.Linear(1, 1)).explain_method == "integrated_gradients"
+    assert NeuralClassifierPredictor("transformer", {}, ["a"], vocab, nn.Linear(1, 1)).explain_method == "occlusion"
     predictor.explain_method = "shap"
     with pytest.raises(ValueError, match="explain_method must be one of"):
         predictor.attribute(texts[:1])
