@@ -314,7 +314,7 @@ def versions_trained_on(settings: Settings, registered_model: str, data_version:
         versions = client(settings).search_model_versions(f"name='{registered_model}'")
     except MlflowException:
         return []
-    return sorted((v.version for v in versions if v.tags.get("data_version") == data_version), key=int)
+    return sorted((str(v.version) for v in versions if v.tags.get("data_version") == data_version), key=int)
 
 
 def newest_version_of_candidate(settings: Settings, registered_model: str, candidate: str) -> str | None:

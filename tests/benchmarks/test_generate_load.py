@@ -33,6 +33,8 @@ def test_batching_rows_compare_one_by_one_with_a_batch_of_eight():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not (REPO.parent / "shared" / "datasets" / "tinyshakespeare" / "input.txt").is_file(),
+                    reason="the benchmark trains on Tiny Shakespeare from the shared datasets folder next to the repo")
 def test_served_and_in_process_rows_for_a_kind():
     args = ("--kinds", "lstm_lm", "--rounds", "1", "--requests", "1", "--max-new-tokens", "5", "--train-steps", "1")
     report = run(*args, timeout=900)

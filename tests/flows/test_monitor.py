@@ -175,7 +175,7 @@ def test_new_rows_but_no_retrain_deployment_says_why_it_did_not_trigger(scene):
     try:
         again = scene.monitor()
         assert again["action"] == "needs-labels" and again["triggered"] is False
-        assert again["new_data"]["already_tried"] == [lost.version]
+        assert again["new_data"]["already_tried"] == [str(lost.version)]
     finally:
         registry.delete_model_version(MODEL, lost.version)
 
