@@ -149,7 +149,7 @@ def test_every_candidate_round_trips_through_mlflow_pyfunc(smoke_run, tmp_path):
                 params = {"max_new_tokens": 12, "seed": 3}
                 text = model.predict([prompt], params=params)[0]["text"]
                 assert text == bundle.generate(prompt, **params) and len(text) > 0, result["candidate"]
-    assert kinds == {"tfidf_logreg", "lstm", "transformer", "pretrained", "gpt", "lstm_lm"}
+    assert kinds == {"tfidf_logreg", "lstm", "transformer", "pretrained", "ensemble", "gpt", "lstm_lm"}
 
 
 def test_served_bento_answers_like_the_registered_champions(smoke_run, tmp_path):
