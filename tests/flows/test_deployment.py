@@ -153,7 +153,8 @@ def test_runs_through_the_deployment_train_once_then_change_nothing(scheduled):
         leaderboard = Artifact.get("maas-leaderboard-classification")
     assert decision is not None and "Trained nothing" in decision.data, decision.data
     assert leaderboard is not None and leaderboard.type == "table"
-    # The two runs wrote under that MAAS_HOME: one version per smoke candidate, a champion, one Bento.
+    # The two runs wrote under that MAAS_HOME: one version per smoke candidate and one for the
+    # ensemble of them (the second run trained nothing), a champion, one Bento.
     uri = f"sqlite:///{scheduled.home / 'mlflow' / 'mlflow.db'}"
     client = MlflowClient(uri, uri)
     champion = client.get_model_version_by_alias("bbc-news-classifier", "champion")
@@ -161,7 +162,9 @@ def test_runs_through_the_deployment_train_once_then_change_nothing(scheduled):
     from components.config import load_config
 
     smoke = load_config(REPO / "configs" / "smoke.yaml")
-    assert len(client.search_model_versions("name='bbc-news-classifier'")) == len(smoke.classification.candidates)
+    task = smoke.classification
+    registered = len(task.candidates) + (1 if task.ensemble.enabled else 0)
+    assert len(client.search_model_versions("name='bbc-news-classifier'")) == registered
     assert len([p for p in (scheduled.home / "bentoml" / "bentos" / "maas").iterdir() if p.is_dir()]) == 1
 
 
