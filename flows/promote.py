@@ -3,6 +3,9 @@
 The challenger and the champion are compared on the same validation split of the same
 data version (the champion is re-evaluated when the data changed); the test split is
 never used to choose. The alias moves only when the challenger is better by the margin.
+A champion chosen by cross-validation cannot be re-scored on new data (it was refit on
+train+val), so there its candidate's CV score on the new data, made in the same run as the
+challenger's, stands for it.
 A file lock under MAAS_HOME serialises promotions of one registered model.
 """
 
@@ -77,6 +80,15 @@ def champion_score(settings: Settings, task_spec: TaskSpec, champion, dataset_ve
     raise ValueError(f"cannot score a {predictor.kind} champion on a {type(data).__name__}")
 
 
+def champion_recipe(champion, results: list[dict[str, Any]], method: str) -> dict[str, Any] | None:
+    """The result of the champion's own candidate among this run's, scored the same way (`method`), if any."""
+    candidate = champion.tags.get("candidate")
+    # The ensemble's nested score estimates the same thing as its members' (select_best ranks them together).
+    same_way = method.removeprefix("nested-")
+    return next((r for r in results if r["candidate"] == candidate
+                 and r.get("selection", "holdout").removeprefix("nested-") == same_way), None)
+
+
 def behaviour_report(settings: Settings, task_spec: TaskSpec, version: str) -> dict | None:
     """The challenger's behavioural checks on the validation texts (classification only)."""
     predictor = tracking.load_registered(settings, task_spec.registered_model, version)
@@ -118,11 +130,21 @@ def promote(settings: Settings, task_spec: TaskSpec, results: list[dict[str, Any
             method = selection_method(settings, best)
             score = champion_score(settings, task_spec, champion, dataset_version, method)
             decision["champion"] = {"version": champion.version, "score": score}
+            recipe = champion_recipe(champion, results, method) if score is None else None
+            if recipe is not None:
+                score = recipe["val"][task_spec.metric]
+                decision["champion"] |= {"score": score, "scored_as": f"candidate {recipe['candidate']} "
+                                         f"v{recipe['version']}, retrained on this data"}
             if score is None:
-                # The challenger was chosen on this data by this method; the champion has no score to match.
+                # Nothing made the same way on this data stands for the champion: no evidence to replace it.
+                decision |= {"promoted": False,
+                             "reason": f"the champion has no {method} score on this data version, and its "
+                                       f"candidate {champion.tags.get('candidate')!r} did not train in this run"}
+            elif recipe is not None and recipe is best:
+                # The champion's own candidate won again: its retrained version replaces it.
                 tracking.set_champion(settings, task_spec.registered_model, best["version"])
-                decision |= {"promoted": True,
-                             "reason": f"the champion has no {method} score on this data version to compare"}
+                decision |= {"promoted": True, "reason": "the champion's candidate, retrained on this data, "
+                                                         f"is again the best by {method}"}
             elif is_better(challenger, score, task_spec):
                 tracking.set_champion(settings, task_spec.registered_model, best["version"])
                 decision |= {"promoted": True, "reason": f"better than the champion by more than {task_spec.margin}"}

@@ -103,3 +103,39 @@ def test_rollback_restores_previous_champion(registry):
     assert _champion(settings, task_spec) == results["good"]["version"]
     previous = tracking.get_alias_version(settings, task_spec.registered_model, tracking.PREVIOUS)
     assert previous.version == results["weak"]["version"]
+
+
+def test_a_cv_champion_on_new_data_is_judged_by_its_candidate_retrained_in_the_same_run(registry):
+    """A CV champion was refit on train+val, so it has no score on new data; its candidate's CV score stands in."""
+    settings, task_spec, version, results = registry
+    spec = task_spec.model_copy(update={"registered_model": task_spec.registered_model + "-newdata",
+                                        "checks": BehaviouralChecks(invariance=[])})
+    registered = {}
+    for name in ("good", "weak"):
+        result = results[name]
+        assert result["selection"].startswith("cv")  # 180 rows: chosen by cross-validation
+        bundle = tracking.download_bundle(settings, task_spec.registered_model, result["version"],
+                                          settings.home / "dl-newdata" / name)
+        model_uri = tracking.log_model(settings, result["run_id"], bundle, ["goal match"], needs_torch=False)
+        registered[name] = dict(result, version=tracking.register_model(
+            settings, model_uri, spec.registered_model,
+            {"data_version": version, "candidate": name, "selection": result["selection"]}))
+    tracking.set_champion(settings, spec.registered_model, registered["good"]["version"])
+
+    # The champion's candidate did not train on the new data: nothing comparable, so no change.
+    kept = promote.fn(settings, spec, [registered["weak"]], "a-new-data-version")
+    assert kept["promoted"] is False and "did not train in this run" in kept["reason"]
+    assert _champion(settings, spec) == registered["good"]["version"]
+
+    # Another candidate beats the champion's candidate retrained on the new data.
+    retrained = dict(registered["good"], val={**registered["good"]["val"], "macro_f1": 0.0})
+    beaten = promote.fn(settings, spec, [registered["weak"], retrained], "a-new-data-version")
+    assert beaten["promoted"] and beaten["champion"]["score"] == 0.0
+    assert _champion(settings, spec) == registered["weak"]["version"]
+
+    # The champion's candidate wins again: its retrained version becomes the champion.
+    tracking.set_champion(settings, spec.registered_model, registered["good"]["version"])
+    again = dict(registered["weak"], candidate="good")
+    refreshed = promote.fn(settings, spec, [again], "a-new-data-version")
+    assert refreshed["promoted"] and "retrained on this data" in refreshed["reason"]
+    assert _champion(settings, spec) == registered["weak"]["version"]

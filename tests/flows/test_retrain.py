@@ -44,8 +44,8 @@ datasets:
 classification:
   dataset: news
   registered_model: {MODEL}
-  # The validation split, so that new data re-scores the champion on it (a CV-chosen champion,
-  # refit on train+val, has no score on new data to compare with: flows/promote.py).
+  # The validation split, so that new data re-scores the champion itself on it (a CV-chosen
+  # champion, refit on train+val, is judged by its candidate retrained in the run: flows/promote.py).
   selection: {{cv_below_rows: 0}}
   candidates:  # the baseline alone: these tests are about what runs, not about the models
     lstm: {{enabled: false}}
