@@ -1,6 +1,6 @@
 """The ensemble step: after training, soft voting over a task's trained classifiers becomes one more candidate.
 
-It reads each trained candidate's selection probabilities (flows.train.selection_probabilities:
+It reads each trained candidate's selection probabilities (flows.selection_log.selection_probabilities:
 validation rows, or out-of-fold rows over train+val under CV), fits the weights
 (components/models/ensemble.py), and logs the ensemble as an MLflow run with the metrics every
 candidate has: `val_<metric>` is the nested held-out estimate (never the score of the weights on
@@ -32,8 +32,9 @@ from components.models.registry import model_kind
 from flows import tracking
 from flows.ingest import DataVersions
 from flows.logs import run_logger
+from flows.selection_log import selection_probabilities
 from flows.settings import Settings
-from flows.train import code_version, experiment_name, load_task_data, selection_probabilities
+from flows.train import code_version, experiment_name, load_task_data
 
 NAME = "ensemble"  # the candidate name it registers under
 SUMMARY = ("accuracy", "macro_f1", "log_loss")

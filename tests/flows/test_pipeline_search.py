@@ -19,7 +19,7 @@ from flows import tracking
 from flows.ingest import DataVersions
 from flows.leaderboard import leaderboard, render
 from flows.pipeline import train
-from flows.train import selection_probabilities
+from flows.selection_log import selection_probabilities
 from tests.flows.conftest import topic_project
 
 TFIDF = {"min_df": 1, "char_ngrams": None}

@@ -81,7 +81,7 @@ def test_the_train_flow_trains_the_streamed_baseline_from_shards(streamed, prefe
     from flows import tracking
     from flows import train as train_module
     from flows.pipeline import train
-    from flows.train import selection_probabilities
+    from flows.selection_log import selection_probabilities
 
     settings, _ = streamed
 
