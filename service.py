@@ -39,8 +39,9 @@ from components.config import ServingSpec
 from components.monitoring.inference_log import InferenceLog, LoggedModel, log_folder, texts_logged
 from components.monitoring.metrics import generations_in_progress, prediction_metrics
 from components.predictor import ClassifierPredictor, GeneratorPredictor, Predictor, load_predictor
+from components.serving.batching import GenerationBatcher
 from components.serving.guard import RequestGuard, count_texts, error_response
-from components.serving.streaming import PieceFeed, sse_events
+from components.serving.streaming import END, PieceFeed, sse_events
 from components.serving.text_rules import require_visible, visible_pattern
 
 # The names flows/bento.py imports the models under, and the Bento arguments that pin them.
@@ -237,6 +238,14 @@ class MaasService:
         self._classify_thread = ThreadPoolExecutor(1, thread_name_prefix="maas-classify")
         self._generate_thread = ThreadPoolExecutor(1, thread_name_prefix="maas-generate")
         self._generations = generations_in_progress()  # maas_generations_in_progress on /metrics
+        # Concurrent generations decode together on one loop thread (components/serving/batching.py);
+        # a kind without a batch decoder runs one request at a time on _generate_thread.
+        decoder = self.generator.batch_decoder() if self.generator is not None else None
+        self._batcher = (
+            GenerationBatcher(decoder, SERVING.max_generation_batch).start("maas-generate-batch")
+            if decoder is not None
+            else None
+        )
         # Explanations get a thread of their own: occlusion runs for seconds on a slow model, and
         # /classify batches must not queue behind it.
         self._explain_thread = ThreadPoolExecutor(1, thread_name_prefix="maas-explain")
@@ -406,7 +415,10 @@ class MaasService:
         if stream:
             return await self._stream(prompt, sampling)
         try:
-            text = await _on_thread(self._generate_thread, self._generate, prompt, sampling)
+            if self._batcher is None:
+                text = await _on_thread(self._generate_thread, self._generate, prompt, sampling)
+            else:
+                text = await self._batched_text(prompt, sampling)
         except ValueError as exc:  # the model's own refusal, e.g. characters outside its vocabulary
             return error_response(400, str(exc))
         return Generation(text=text, seed=seed, model_version=self.generator_info.model_version)
@@ -418,14 +430,43 @@ class MaasService:
         finally:
             self._generations.dec()
 
+    def _start_generation(self, prompt: str, sampling: dict) -> PieceFeed:
+        """A feed the generation's pieces arrive on: queued for the batched loop (the request is
+        validated and tokenised here, so a refusal raises ValueError now), or the kind's own stream
+        run on the generation thread."""
+        feed = PieceFeed(asyncio.get_running_loop(), self._generations)
+        if self._batcher is not None:
+            self._batcher.submit(self.generator.plan(prompt, **sampling), feed)
+        else:
+            self._generate_thread.submit(feed.produce, partial(self.generator.stream, prompt, **sampling))
+        return feed
+
+    async def _batched_text(self, prompt: str, sampling: dict) -> str:
+        feed = self._start_generation(prompt, sampling)
+        pieces = []
+        try:
+            while (item := await feed.get()) is not END:
+                if isinstance(item, BaseException):
+                    raise item
+                pieces.append(item)
+        finally:  # also when the client leaves: the loop drops the request at its next step
+            feed.cancel()
+        return "".join(pieces)
+
     async def _stream(self, prompt: str, sampling: dict) -> StreamingResponse:
         """Server-sent events as the model thread produces pieces (docs/serving.md, "Streaming").
 
         The first piece is awaited before the response starts, so a request the model refuses
         still gets a 400 and not a 200 with an error inside the stream."""
-        feed = PieceFeed(asyncio.get_running_loop(), self._generations)
-        self._generate_thread.submit(feed.produce, partial(self.generator.stream, prompt, **sampling))
-        first = await feed.get()
+        try:
+            feed = self._start_generation(prompt, sampling)
+        except ValueError as exc:  # the model's own refusal, e.g. characters outside its vocabulary
+            return error_response(400, str(exc))
+        try:
+            first = await feed.get()
+        except BaseException:  # the client left before the first piece
+            feed.cancel()
+            raise
         if isinstance(first, ValueError):
             feed.cancel()
             return error_response(400, str(first))

@@ -296,6 +296,9 @@ class ServingSpec(_Spec):
     # /explain runs one model call per word of each text (occlusion), so it takes fewer texts.
     max_explain_texts: int = Field(8, gt=0)
     max_explain_top_k: int = Field(50, gt=0)
+    # Generation requests decoded together by the service's batched loop: bounds its memory
+    # (one KV cache or recurrent state per row) and each step's time.
+    max_generation_batch: int = Field(8, gt=0)
 
 
 class MonitoringSpec(_Spec):

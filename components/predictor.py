@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -160,6 +161,85 @@ class GeneratorPredictor(Predictor):
         """The whole continuation at once: exactly ``"".join(stream(...))`` for the same arguments."""
         return "".join(self.stream(prompt, *args, **kwargs))
 
+    def plan(
+        self,
+        prompt: str,
+        max_new_tokens: int = 100,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> DecodePlan:
+        """`stream`'s arguments validated and tokenised for a decode loop (ValueError as `stream`).
+        Only kinds with a `batch_decoder` need it."""
+        raise NotImplementedError(f"{self.kind}: this generator decodes one request at a time")
+
+    def batch_decoder(self) -> BatchDecoder | None:
+        """The kind's batched decode step (components/serving/batching.py), or None: the kind
+        generates one request at a time through `stream`."""
+        return None
+
+
+class PieceDecoder(Protocol):
+    """One request's new tokens to text pieces: what a kind's decoding holds back and lets go."""
+
+    def push(self, token: int, last: bool) -> str:
+        """The text that `token` completes ('' if none yet); `last`: no token follows."""
+
+    def finish(self) -> str:
+        """What is still held back when the generation ends."""
+
+
+class BatchDecoder(Protocol):
+    """A model's decode step over several requests at once; each request is a row state object."""
+
+    def prefill(self, prompt_ids: list[int]) -> tuple[Any, Any]:
+        """Run a prompt alone: (its row state, the next-token logits (1, V))."""
+
+    def step(self, rows: Sequence[Any], last_ids: Sequence[int]) -> Any:
+        """Feed each row its last sampled token: next-token logits (len(rows), V), in row order."""
+
+
+@dataclass
+class DecodePlan:
+    """One generation request, validated and tokenised: what a decode loop needs to run it."""
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    sample: Callable[[Any], Any]  # logits (1, V) -> ids (1, 1), with the request's own seeded generator
+    text: PieceDecoder
+    stops: list[str]
+    end_ids: frozenset[int] = frozenset()  # tokens that end the text (an end-of-text token)
+
+
+class StopCutter:
+    """The push form of `cut_at_stops`: text in, text out up to the first stop string."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""  # text received but not yet let out: it may begin a stop string
+        self.stopped = False
+
+    def push(self, piece: str) -> str:
+        """What of the text so far can go out now; sets `stopped` at a stop string."""
+        if not self.stops:
+            return piece
+        self.pending += piece
+        found = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if found:
+            self.stopped = True
+            out, self.pending = self.pending[: min(found)], ""
+            return out
+        keep = len(self.pending) - _stop_prefix_length(self.pending, self.stops)
+        out, self.pending = self.pending[:keep], self.pending[keep:]
+        return out
+
+    def finish(self) -> str:
+        """The held-back tail, once no more text comes."""
+        out, self.pending = self.pending, ""
+        return out
+
 
 def cut_at_stops(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
     """`pieces` up to (not including) the first occurrence of any of `stops` in their joined text.
@@ -168,25 +248,17 @@ def cut_at_stops(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
     is not one, so a stop string is never partly yielded. On a stop, or when the consumer closes
     this iterator, `pieces` is closed too, so whatever produces them stops computing.
     """
-    stops = [s for s in stops if s]
+    cutter = StopCutter(stops)
     try:
-        if not stops:
-            yield from pieces
-            return
-        pending = ""  # text received but not yet yielded: it may begin a stop string
         for piece in pieces:
-            pending += piece
-            found = [i for i in (pending.find(s) for s in stops) if i >= 0]
-            if found:
-                if min(found) > 0:
-                    yield pending[: min(found)]
+            out = cutter.push(piece)
+            if out:
+                yield out
+            if cutter.stopped:
                 return
-            held = _stop_prefix_length(pending, stops)
-            if held < len(pending):
-                yield pending[: len(pending) - held]
-                pending = pending[len(pending) - held :]
-        if pending:
-            yield pending
+        tail = cutter.finish()
+        if tail:
+            yield tail
     finally:
         close = getattr(pieces, "close", None)
         if close is not None:

@@ -12,12 +12,16 @@ prefill pass over the prompt, then each step feeds one token. Because the positi
 embeddings are absolute, the cache only holds up to ``block_size`` positions; past that,
 :meth:`GPT.generate` crops the context to the last ``block_size`` tokens and recomputes it
 (exactly what an uncached decoder does), so cached and uncached decoding agree token for token.
+
+Several sequences of different lengths decode together through :class:`GPTBatchDecoder`: their
+cached keys and values are right-aligned in one cache, padded on the left, and the cache's
+``pads`` give each row its own positions and mask its pad columns out of attention.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -72,6 +76,26 @@ class KVCache:
         self.length = 0  # positions already stored
         self.k: torch.Tensor | None = None  # (L, B, nh, max_len, hs)
         self.v: torch.Tensor | None = None
+        # Left padding per row (rows of different lengths, right-aligned): None when there is none.
+        self.pads: torch.Tensor | None = None  # (B,) unused columns at the start of each row
+        self.min_pad = 0
+        self._mask: tuple[tuple[int, int], torch.Tensor] | None = None
+
+    def set_pads(self, pads: Sequence[int], device: torch.device) -> None:
+        """Row b's first `pads[b]` columns are padding: masked out, and its positions start after them."""
+        self.pads = torch.tensor(pads, dtype=torch.long, device=device) if any(pads) else None
+        self.min_pad = min(pads) if pads else 0
+        self._mask = None
+
+    def key_mask(self, T: int) -> torch.Tensor:
+        """(B, 1, T, length + T) bool: which keys each of the T new queries may attend to (pads set)."""
+        past = self.length
+        if self._mask is None or self._mask[0] != (past, T):
+            cols = torch.arange(past + T, device=self.pads.device)
+            mask = cols[None, :] >= self.pads[:, None]  # (B, S): not padding
+            causal = torch.ones(T, past + T, dtype=torch.bool, device=self.pads.device).tril(diagonal=past)
+            self._mask = ((past, T), mask[:, None, None, :] & causal)
+        return self._mask[1]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's k, v (B, nh, T, hs) for `layer`; return all keys and values so far."""
@@ -117,7 +141,9 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             past = cache.length
             k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
-            if past > 0:
+            if cache.pads is not None:
+                mask, is_causal = cache.key_mask(T), False  # (B, 1, T, past + T)
+            elif past > 0:
                 is_causal = False
                 if T > 1:  # query i sits at absolute position past + i and sees keys 0..past + i
                     mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
@@ -199,9 +225,14 @@ class GPT(nn.Module):
         """
         B, T = idx.size()
         start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        pad = cache.min_pad if cache is not None else 0
+        if start + T - pad > self.config.block_size:
+            raise ValueError(
+                f"sequence of {start + T - pad} tokens exceeds block_size {self.config.block_size}"
+            )
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        if cache is not None and cache.pads is not None:
+            pos = pos[None, :] - cache.pads[:, None]  # (B, T): each row counts from its first real column
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer)
@@ -257,3 +288,89 @@ class GPT(nn.Module):
 
 def _greedy(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=-1, keepdim=True)
+
+
+@dataclass(eq=False)
+class GPTRow:
+    """One sequence of a :class:`GPTBatchDecoder`."""
+
+    ids: list[int]  # its tokens so far: the (cropped) prompt, then each token fed back
+    cached: int  # positions whose keys and values are stored
+    own: KVCache | None  # its prefill cache, until it moves into the batch's cache
+
+
+class GPTBatchDecoder:
+    """Decode steps for many sequences at once, each as :meth:`GPT.stream` decodes it alone.
+
+    A prompt is prefilled alone (its own cache). A step feeds every row its last token: the
+    rows whose cache has room share one left-padded cache (rebuilt, right-aligned, whenever the
+    set of rows changes); a row whose window is full recomputes its last block_size tokens, as
+    the unbatched loop does, together with the other such rows (all of the same length).
+    """
+
+    def __init__(self, model: GPT):
+        self.model = model
+        self.block_size = model.config.block_size
+        self._members: list[GPTRow] = []  # the rows of `_cache`, in its batch order
+        self._cache: KVCache | None = None
+
+    def prefill(self, prompt_ids: list[int]) -> tuple[GPTRow, torch.Tensor]:
+        ids = list(prompt_ids[-self.block_size :])
+        cache = self.model.new_cache()
+        device = self.model.lm_head.weight.device
+        logits, _ = self.model(torch.tensor([ids], dtype=torch.long, device=device), cache=cache)
+        return GPTRow(ids, cache.length, cache), logits[:, -1, :]  # (1, V)
+
+    def step(self, rows: Sequence[GPTRow], last_ids: Sequence[int]) -> torch.Tensor:
+        device = self.model.lm_head.weight.device
+        for row, token in zip(rows, last_ids, strict=True):
+            row.ids.append(token)
+        cached = [i for i, row in enumerate(rows) if row.cached < self.block_size]
+        full = [i for i, row in enumerate(rows) if row.cached >= self.block_size]
+        parts: list[tuple[list[int], torch.Tensor]] = []
+        if cached:
+            members = [rows[i] for i in cached]
+            if self._cache is None or list(map(id, members)) != list(map(id, self._members)):
+                self._rebuild(members)
+            idx = torch.tensor([[row.ids[-1]] for row in members], dtype=torch.long, device=device)  # (B, 1)
+            logits, _ = self.model(idx, cache=self._cache)
+            for row in members:
+                row.cached += 1
+            parts.append((cached, logits[:, -1, :]))
+        if full:  # the window slides: recompute the last block_size tokens, as GPT.stream does
+            context = torch.tensor(
+                [rows[i].ids[-self.block_size :] for i in full], dtype=torch.long, device=device
+            )
+            logits, _ = self.model(context, cache=self.model.new_cache())
+            for i in full:
+                rows[i].cached, rows[i].own = self.block_size, None
+            parts.append((full, logits[:, -1, :]))
+        if len(parts) == 1:
+            return parts[0][1]
+        out = torch.empty((len(rows), parts[0][1].size(-1)), dtype=parts[0][1].dtype, device=device)
+        for positions, logits in parts:
+            out[positions] = logits
+        return out  # (B, V)
+
+    def _rebuild(self, members: list[GPTRow]) -> None:
+        """One cache for `members`: each row's stored keys and values, right-aligned, zero pads."""
+        where = {id(row): b for b, row in enumerate(self._members)}
+        width = max(row.cached for row in members)
+        template = (
+            next(row.own for row in members if row.own is not None) if self._cache is None else self._cache
+        )
+        n_layer, _, n_head, max_len, head_size = template.k.shape
+        cache = KVCache(n_layer, max_len)
+        cache.k = template.k.new_zeros((n_layer, len(members), n_head, max_len, head_size))
+        cache.v = template.v.new_zeros((n_layer, len(members), n_head, max_len, head_size))
+        for b, row in enumerate(members):
+            if row.own is not None:
+                source, index, end = row.own, 0, row.cached
+            else:
+                source, index, end = self._cache, where[id(row)], self._cache.length
+            cache.k[:, b, :, width - row.cached : width] = source.k[:, index, :, end - row.cached : end]
+            cache.v[:, b, :, width - row.cached : width] = source.v[:, index, :, end - row.cached : end]
+            row.own = None
+        cache.length = width
+        cache.set_pads([width - row.cached for row in members], cache.k.device)
+        self._members, self._cache = members, cache

@@ -46,9 +46,11 @@ from safetensors.torch import load_model, save_model
 from components.config import ModelSpec, TrainingSpec
 from components.data.dataset import CorpusData
 from components.evaluation.language_model import evaluate_text
+from components.models.gpt import GPTBatchDecoder
+from components.models.lstm_lm import LSTMBatchDecoder
 from components.models.registry import KINDS, model_kind
-from components.models.sampling import Sampler, make_generator, make_sampler, validate_sampling
-from components.predictor import GeneratorPredictor, cut_at_stops
+from components.models.sampling import make_generator, make_sampler, validate_sampling
+from components.predictor import BatchDecoder, DecodePlan, GeneratorPredictor, cut_at_stops
 from components.text.char_tokenizer import CharTokenizer
 from components.text.token_shards import cached_token_shards, texts_key, tokenizer_key
 from components.training import distributed
@@ -188,20 +190,37 @@ class LanguageModelPredictor(GeneratorPredictor):
     ) -> Iterator[str]:
         """The continuation of `prompt` in pieces, one per token that completes text (see
         `GeneratorPredictor.stream`); the GPT decodes with its KV cache, the LSTM carries its state."""
-        validate_sampling(max_new_tokens, temperature, top_k, top_p)  # raises now, before any piece
+        plan = self.plan(prompt, max_new_tokens, temperature, top_k, top_p, seed, stop)  # raises now
+        return cut_at_stops(self._pieces(plan), plan.stops)
+
+    def plan(
+        self,
+        prompt: str,
+        max_new_tokens: int = 100,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> DecodePlan:
+        validate_sampling(max_new_tokens, temperature, top_k, top_p)
         prompt_ids = self.tokenizer.encode(prompt)[-self.block_size :] or self._start
         sample = make_sampler(
             temperature, top_k, top_p, generator=make_generator(seed, self.device), banned_ids=self._banned
         )
-        return cut_at_stops(self._pieces(prompt_ids, max_new_tokens, sample), stop)
+        return DecodePlan(prompt_ids, max_new_tokens, sample, ContinuationText(self, prompt_ids), list(stop))
 
-    def _pieces(self, prompt_ids: list[int], max_new_tokens: int, sample: Sampler) -> Iterator[str]:
+    def batch_decoder(self) -> BatchDecoder:
+        """Many requests decoding together (components/serving/batching.py)."""
+        decoder = GPTBatchDecoder(self.model) if self.kind == "gpt" else LSTMBatchDecoder(self.model)
+        return InferenceSteps(decoder, self.device)
+
+    def _pieces(self, plan: DecodePlan) -> Iterator[str]:
         """The new text, yielded as each token extends it."""
         device = self.device
-        idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
-        tokens = self.model.stream(idx, max_new_tokens, sample)  # (1, 1) each
-        new_ids: list[int] = []
-        sent = ""
+        idx = torch.tensor([plan.prompt_ids], dtype=torch.long, device=device)  # (1, T)
+        tokens = self.model.stream(idx, plan.max_new_tokens, plan.sample)  # (1, 1) each
+        count = 0
         try:
             while True:
                 # The contexts are entered per step, not across the yield: they are thread-local
@@ -210,18 +229,14 @@ class LanguageModelPredictor(GeneratorPredictor):
                     token = next(tokens, None)
                 if token is None:
                     break
-                new_ids.append(int(token[0, 0]))
-                text = self._continuation(prompt_ids, new_ids)
-                # A byte-level BPE token can end inside a multi-byte character, which decodes as
-                # U+FFFD until the next token completes it: hold that back, and text not yet stable.
-                ready = text.rstrip("\ufffd") if len(new_ids) < max_new_tokens else text
-                if ready.startswith(sent) and len(ready) > len(sent):
-                    yield ready[len(sent) :]
-                    sent = ready
+                count += 1
+                piece = plan.text.push(int(token[0, 0]), last=count == plan.max_new_tokens)
+                if piece:
+                    yield piece
         finally:
             tokens.close()
 
-    def _continuation(self, prompt_ids: list[int], new_ids: list[int]) -> str:
+    def continuation(self, prompt_ids: list[int], new_ids: list[int]) -> str:
         # Decode the whole text and cut the prompt off, so that BPE pieces that join across the
         # boundary decode as they would in one text; fall back to the new ids alone.
         full, head = self.tokenizer.decode(prompt_ids + new_ids), self.tokenizer.decode(prompt_ids)
@@ -248,6 +263,47 @@ class LanguageModelPredictor(GeneratorPredictor):
         tokenizer = load_tokenizer(tokenizer_type, folder / TOKENIZER_FILE)
         model.to(resolve_device("auto"))
         return cls(kind, model, tokenizer, tokenizer_type, manifest.get("metadata"))
+
+
+class ContinuationText:
+    """A request's new tokens to text pieces (a `PieceDecoder`) for the GPT and the LSTM LM."""
+
+    def __init__(self, predictor: LanguageModelPredictor, prompt_ids: list[int]):
+        self.predictor = predictor
+        self.prompt_ids = prompt_ids
+        self.new_ids: list[int] = []
+        self.sent = ""
+
+    def push(self, token: int, last: bool) -> str:
+        self.new_ids.append(token)
+        text = self.predictor.continuation(self.prompt_ids, self.new_ids)
+        # A byte-level BPE token can end inside a multi-byte character, which decodes as
+        # U+FFFD until the next token completes it: hold that back, and text not yet stable.
+        ready = text if last else text.rstrip("\ufffd")
+        if ready.startswith(self.sent) and len(ready) > len(self.sent):
+            piece, self.sent = ready[len(self.sent) :], ready
+            return piece
+        return ""
+
+    def finish(self) -> str:
+        return ""  # every token's text went out with it (the last one unheld)
+
+
+class InferenceSteps:
+    """A model's batch decoder with inference mode and the inference attention kernels entered per
+    call (not across calls: the consumer runs between steps)."""
+
+    def __init__(self, decoder: GPTBatchDecoder | LSTMBatchDecoder, device: torch.device):
+        self.decoder = decoder
+        self.device = device
+
+    def prefill(self, prompt_ids: list[int]) -> tuple[Any, torch.Tensor]:
+        with torch.inference_mode(), attention_for_varied_shapes(self.device):
+            return self.decoder.prefill(prompt_ids)
+
+    def step(self, rows: Sequence[Any], last_ids: Sequence[int]) -> torch.Tensor:
+        with torch.inference_mode(), attention_for_varied_shapes(self.device):
+            return self.decoder.step(rows, last_ids)
 
 
 # -- training -----------------------------------------------------------------------------

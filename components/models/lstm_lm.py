@@ -3,12 +3,13 @@
 With ``tie_weights`` the output head shares the embedding matrix; when the LSTM is wider
 than the embedding a linear projection maps its output down to ``n_embd`` first. During
 generation the recurrent state is carried from step to step, so each new token costs one
-LSTM step whatever the length of the text so far.
+LSTM step whatever the length of the text so far. :class:`LSTMBatchDecoder` steps many
+sequences at once: their states are stacked on the batch axis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -117,3 +118,51 @@ class LSTMLanguageModel(nn.Module):
 
 def _greedy(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=-1, keepdim=True)
+
+
+@dataclass(eq=False)
+class LSTMRow:
+    """One sequence of an :class:`LSTMBatchDecoder`: its prefill state until it joins the batch."""
+
+    own: State | None
+
+
+class LSTMBatchDecoder:
+    """Decode steps for many sequences at once, each as :meth:`LSTMLanguageModel.stream` decodes
+    it alone: a prompt runs alone from a zero state, then the rows' states are stacked on the
+    batch axis (restacked whenever the set of rows changes) and step together."""
+
+    def __init__(self, model: LSTMLanguageModel):
+        self.model = model
+        self._members: list[LSTMRow] = []  # the rows of `_state`, in its batch order
+        self._state: State | None = None
+
+    def prefill(self, prompt_ids: list[int]) -> tuple[LSTMRow, torch.Tensor]:
+        device = self.model.wte.weight.device
+        idx = torch.tensor([prompt_ids[-self.model.config.block_size :]], dtype=torch.long, device=device)
+        logits, state = self.model.step(idx)
+        return LSTMRow(state), logits[:, -1, :]  # (1, V)
+
+    def step(self, rows: Sequence[LSTMRow], last_ids: Sequence[int]) -> torch.Tensor:
+        if self._state is None or list(map(id, rows)) != list(map(id, self._members)):
+            self._restack(list(rows))
+        idx = torch.tensor(
+            [[token] for token in last_ids], dtype=torch.long, device=self.model.wte.weight.device
+        )
+        logits, self._state = self.model.step(idx, self._state)  # (B, 1, V)
+        return logits[:, -1, :]
+
+    def _restack(self, rows: list[LSTMRow]) -> None:
+        where = {id(row): b for b, row in enumerate(self._members)}
+        hs, cs = [], []
+        for row in rows:
+            h, c = (
+                row.own
+                if row.own is not None
+                else (s[:, where[id(row)] : where[id(row)] + 1] for s in self._state)
+            )
+            hs.append(h)
+            cs.append(c)
+            row.own = None
+        self._members = rows
+        self._state = (torch.cat(hs, dim=1), torch.cat(cs, dim=1))  # (n_layer, B, H) each

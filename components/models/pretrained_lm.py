@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,8 @@ import torch.nn.functional as F
 from components.config import ModelSpec
 from components.data.dataset import CorpusData
 from components.evaluation.language_model import evaluate_text
-from components.models.sampling import Sampler, make_generator, make_sampler, validate_sampling
-from components.predictor import GeneratorPredictor, cut_at_stops
+from components.models.sampling import make_generator, make_sampler, validate_sampling
+from components.predictor import DecodePlan, GeneratorPredictor, cut_at_stops
 from components.training.callbacks import MetricsCallback, no_metrics
 from components.training.device import (
     inference_context,
@@ -246,43 +247,56 @@ class PretrainedLMPredictor(GeneratorPredictor):
     ) -> Iterator[str]:
         """The continuation of `prompt` in pieces as tokens are sampled (see `GeneratorPredictor.stream`).
         It also ends at the model's end-of-text token or when the model's context is full."""
-        validate_sampling(max_new_tokens, temperature, top_k, top_p)  # raises now, before any piece
+        plan = self.plan(prompt, max_new_tokens, temperature, top_k, top_p, seed, stop)  # raises now
+        return cut_at_stops(self._pieces(plan), plan.stops)
+
+    def plan(
+        self,
+        prompt: str,
+        max_new_tokens: int = 100,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> DecodePlan:
+        validate_sampling(max_new_tokens, temperature, top_k, top_p)
         prompt_ids = self.text.encode(prompt) or self._start_ids()
         if self.max_positions is not None:  # leave room for at least one new token
             prompt_ids = prompt_ids[-(self.max_positions - 1) :]
             max_new_tokens = min(max_new_tokens, self.max_positions - len(prompt_ids))
         sample = make_sampler(temperature, top_k, top_p, make_generator(seed, self.device), self._banned)
-        return cut_at_stops(self._pieces(prompt_ids, max_new_tokens, sample), stop)
+        text = TailText(self.text, prompt_ids[-DECODE_CONTEXT_TOKENS:])
+        return DecodePlan(prompt_ids, max_new_tokens, sample, text, list(stop), frozenset(self._eos))
 
-    def _pieces(self, prompt_ids: list[int], max_new_tokens: int, sample: Sampler) -> Iterator[str]:
+    def batch_decoder(self) -> HFBatchDecoder | None:
+        """Many requests decoding together, or None for a model whose cache is not one plain
+        key/value tensor pair per layer (sliding-window or recurrent layers): those decode one by one."""
+        layer_types = getattr(self.model.config.get_text_config(decoder=True), "layer_types", None) or []
+        if any(t != "full_attention" for t in layer_types):
+            return None
+        return HFBatchDecoder(self.model)
+
+    def _pieces(self, plan: DecodePlan) -> Iterator[str]:
         """The new text, yielded as each token extends it; one forward pass of one token per step."""
         device = self.device
-        context = prompt_ids[-DECODE_CONTEXT_TOKENS:]
-        head = self.text.decode(context)
-        new_ids: list[int] = []
-        text, sent = "", 0  # the continuation decoded so far; how much of it was yielded
-        tokens = torch.tensor([prompt_ids], device=device)  # (1, T): the prompt, then one token a step
+        tokens = torch.tensor([plan.prompt_ids], device=device)  # (1, T): the prompt, then one token a step
         cache = None  # the keys and values of every position so far
-        for _ in range(max_new_tokens):
+        for _ in range(plan.max_new_tokens):
             # Entered per step, not across the yield: the consumer runs between steps.
             with torch.inference_mode(), inference_context(device):
                 out = self.model(input_ids=tokens, cache=cache, use_cache=True, logits_to_keep=1)
-                tokens = sample(out.logits[:, -1, :].float())  # (1, 1)
+                tokens = plan.sample(out.logits[:, -1, :].float())  # (1, 1)
             cache = out.cache
             token = int(tokens.item())
-            if token in self._eos:
+            if token in plan.end_ids:
                 break
-            new_ids.append(token)
-            full = self.text.decode(context + new_ids)
-            text = full[len(head) :] if full.startswith(head) else self.text.decode(new_ids)
-            # A byte-level token can end inside a multi-byte character (decoded as U+FFFD until
-            # the next token completes it): that tail waits.
-            ready = len(text.rstrip("\ufffd"))
-            if ready > sent:
-                yield text[sent:ready]
-                sent = ready
-        if len(text) > sent:  # the end: a tail still incomplete goes out as it decodes
-            yield text[sent:]
+            piece = plan.text.push(token, last=False)
+            if piece:
+                yield piece
+        tail = plan.text.finish()  # the end: a tail still incomplete goes out as it decodes
+        if tail:
+            yield tail
 
     def evaluate(self, text: str, max_chars: int | None = None, batch_size: int = 8) -> dict[str, float]:
         """loss (nats per token), perplexity and bits_per_char of `text`, in windows of block_size."""
@@ -328,6 +342,121 @@ class PretrainedLMPredictor(GeneratorPredictor):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
         model.to(resolve_device("auto"))
         return cls(model, tokenizer, manifest["config"], manifest.get("metadata"))
+
+
+class TailText:
+    """A request's new tokens to text pieces (a `PieceDecoder`): decoded after a few prompt tokens."""
+
+    def __init__(self, text: PlainTokenizer, context: list[int]):
+        self.tokenizer = text
+        self.context = context
+        self.head = text.decode(context)
+        self.new_ids: list[int] = []
+        self.text, self.sent = "", 0  # the continuation decoded so far; how much of it went out
+
+    def push(self, token: int, last: bool) -> str:
+        self.new_ids.append(token)
+        full = self.tokenizer.decode(self.context + self.new_ids)
+        self.text = (
+            full[len(self.head) :] if full.startswith(self.head) else self.tokenizer.decode(self.new_ids)
+        )
+        # A byte-level token can end inside a multi-byte character (decoded as U+FFFD until
+        # the next token completes it): that tail waits.
+        ready = len(self.text.rstrip("\ufffd"))
+        if ready <= self.sent:
+            return ""
+        piece, self.sent = self.text[self.sent : ready], ready
+        return piece
+
+    def finish(self) -> str:
+        piece, self.sent = self.text[self.sent :], len(self.text)
+        return piece
+
+
+@dataclass(eq=False)
+class HFRow:
+    """One sequence of an :class:`HFBatchDecoder`."""
+
+    length: int  # positions in its cache
+    own: Any  # its prefill cache (a DynamicCache), until it moves into the batch's cache
+
+
+class HFBatchDecoder:
+    """Decode steps for many sequences of a Hugging Face causal LM at once, continuously batched.
+
+    A prompt is prefilled alone. The rows then share one ``DynamicCache`` whose keys and values
+    are right-aligned and padded on the left, built through the public constructor whenever the
+    set of rows changes; each step passes an ``attention_mask`` over the pads and each row's own
+    ``position_ids`` (neither when no row is padded: then a lone row computes exactly as `stream`).
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._members: list[HFRow] = []
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None  # (B, cached positions), None when nothing is padded
+
+    def prefill(self, prompt_ids: list[int]) -> tuple[HFRow, torch.Tensor]:
+        device = model_device(self.model)
+        with torch.inference_mode(), inference_context(device):
+            out = self.model(
+                input_ids=torch.tensor([prompt_ids], device=device), use_cache=True, logits_to_keep=1
+            )
+        return HFRow(len(prompt_ids), out.cache), out.logits[:, -1, :]  # (1, V)
+
+    def step(self, rows: Sequence[HFRow], last_ids: Sequence[int]) -> torch.Tensor:
+        device = model_device(self.model)
+        with torch.inference_mode(), inference_context(device):
+            if self._cache is None or list(map(id, rows)) != list(map(id, self._members)):
+                self._rebuild(list(rows))
+            kwargs: dict[str, Any] = {}
+            if self._mask is not None:
+                self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
+                kwargs["attention_mask"] = self._mask  # (B, past + 1)
+                kwargs["position_ids"] = torch.tensor([[row.length] for row in rows], device=device)  # (B, 1)
+            idx = torch.tensor([[token] for token in last_ids], device=device)  # (B, 1)
+            out = self.model(input_ids=idx, cache=self._cache, use_cache=True, logits_to_keep=1, **kwargs)
+            self._cache = out.cache
+            for row in rows:
+                row.length += 1
+            return out.logits[:, -1, :]  # (B, V)
+
+    def _rebuild(self, rows: list[HFRow]) -> None:
+        """One cache for `rows`: each row's keys and values right-aligned, zeros in the pads."""
+        where = {id(row): b for b, row in enumerate(self._members)}
+        width = max(row.length for row in rows)
+        layers = []
+        for layer in range(len(next(iter(r.own for r in rows if r.own is not None), self._cache).layers)):
+            merged = []
+            for name in ("keys", "values"):
+                parts = []
+                for row in rows:
+                    if row.own is not None:
+                        cached = getattr(row.own.layers[layer], name)  # (1, heads, T, hd)
+                        tensor = cached[:, :, -row.length :]
+                    else:
+                        b = where[id(row)]
+                        tensor = getattr(self._cache.layers[layer], name)[b : b + 1, :, -row.length :]
+                    pad = width - row.length
+                    if pad:
+                        tensor = torch.cat(
+                            [tensor.new_zeros((*tensor.shape[:2], pad, tensor.shape[3])), tensor], dim=2
+                        )
+                    parts.append(tensor)
+                merged.append(torch.cat(parts, dim=0))  # (B, heads, width, hd)
+            layers.append(tuple(merged))
+        from transformers import DynamicCache
+
+        self._cache = DynamicCache(ddp_cache_data=layers)
+        self._mask = None
+        if any(row.length < width for row in rows):
+            self._mask = torch.tensor(
+                [[0] * (width - row.length) + [1] * row.length for row in rows],
+                device=model_device(self.model),
+            )
+        for row in rows:
+            row.own = None
+        self._members = rows
 
 
 # -- training ----------------------------------------------------------------------------------

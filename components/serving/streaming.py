@@ -1,10 +1,12 @@
 """Streamed generation for the service: a model thread produces text pieces, the event loop sends them as server-sent events.
 
-``PieceFeed.produce(open_stream)`` runs on the model's worker thread: it opens the
-generator's stream and hands each piece to the event loop through an ``asyncio.Queue``,
-checking a cancel flag before every token, so a generation whose client has gone stops
-within a token. ``sse_events`` turns a feed into the event stream the client reads and
-cancels the feed in its ``finally`` (a disconnect closes the async generator). The number of
+A ``PieceFeed`` carries one generation's pieces from the model's thread to the event loop
+through an ``asyncio.Queue``. It is the sink of the batched decode loop
+(``components/serving/batching.py``: ``open``, ``put``, ``close``), which checks its cancel flag
+before every step; ``PieceFeed.produce(open_stream)`` runs one generator's own stream instead
+(kinds without a batch decoder), checking the flag before every token. Either way a generation
+whose client has gone stops within a token. ``sse_events`` turns a feed into the event stream
+the client reads and cancels the feed in its ``finally`` (a disconnect closes the async generator). The number of
 generations running is kept on a gauge-like object (``inc()`` / ``dec()``: a Prometheus
 Gauge in the service). No BentoML here: the service wires it to its API.
 """
@@ -38,6 +40,7 @@ class PieceFeed:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._cancelled = threading.Event()
         self._in_progress = in_progress
+        self._open = self._closed = False
 
     @property
     def cancelled(self) -> bool:
@@ -47,12 +50,34 @@ class PieceFeed:
         """Stop producing: the model thread notices before its next token."""
         self._cancelled.set()
 
+    def open(self) -> None:
+        """The generation starts running (counted on the gauge until `close`)."""
+        if not self._open:
+            self._open = True
+            self._in_progress.inc()
+
+    def put(self, piece: str) -> None:
+        """A piece of text, from the model's thread."""
+        self._put(piece)
+
+    def close(self, error: BaseException | None = None) -> None:
+        """The generation is over (with `error` when it failed): the last item, END, goes out."""
+        if self._closed:
+            return
+        self._closed = True
+        if error is not None:  # handed to the event loop, which answers or logs it
+            self._put(error)
+        if self._open:
+            self._in_progress.dec()
+        self._put(END)
+
     def produce(self, open_stream: Callable[[], Iterator[str]]) -> None:
         """On the model thread: run the stream until it ends or the feed is cancelled."""
         if self.cancelled:  # the client left while this generation waited for the thread
-            self._put(END)
+            self.close()
             return
-        self._in_progress.inc()
+        self.open()
+        error = None
         try:
             pieces = open_stream()
             try:
@@ -62,11 +87,10 @@ class PieceFeed:
                         break
             finally:
                 pieces.close()  # stops the generator's own computation
-        except Exception as exc:  # handed to the event loop, which answers or logs it
-            self._put(exc)
+        except Exception as exc:
+            error = exc
         finally:
-            self._in_progress.dec()
-            self._put(END)
+            self.close(error)
 
     def _put(self, item: Any) -> bool:
         try:

@@ -114,9 +114,11 @@ def test_a_prompt_the_model_refuses_is_a_400_not_a_stream(client, stream_models,
 
     predictor_class = type(load_predictor(bentoml.models.get(stream_models["generator"]).path))
 
-    def refuse(self, prompt, **kwargs):  # as a kind refuses a prompt: when the stream is opened
+    def refuse(self, prompt, **kwargs):  # as a kind refuses a prompt: when it is tokenised
         raise ValueError("prompt has characters outside the vocabulary: '\\x00'")
 
+    # The batched loop takes requests through `plan`; a kind without a batch decoder through `stream`.
+    monkeypatch.setattr(predictor_class, "plan", refuse)
     monkeypatch.setattr(predictor_class, "stream", refuse)
     response = client.post("/generate", json={**REQUEST, "stream": True})
     assert response.status_code == 400 and "outside the vocabulary" in response.json()["error"]
