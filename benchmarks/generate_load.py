@@ -14,8 +14,10 @@ throw-away BentoML home, built into a Bento with flows.bento.build_bento and ser
 (1 and 8), `--requests` streamed requests of `--max-new-tokens` (200) new tokens each, no stop string:
 
     served_stream   POST /generate {"stream": true} from an aiohttp client in this process
-    in_process      the bundle loaded here, GeneratorPredictor.stream called as the service calls it:
-                    on one model thread feeding an asyncio queue (components/serving/streaming.py)
+    in_process      the bundle loaded here, generating as the service does without HTTP: the batched
+                    decode loop (components/serving/batching.py, up to 8 rows) feeding a PieceFeed
+                    per request (components/serving/streaming.py); a kind without a batch decoder
+                    runs GeneratorPredictor.stream one request at a time on one model thread
 
 ttft: from sending the request (submitting the job) to the first text piece; tokens/s: text pieces
 received over the wall time of the whole load (one piece per token; a BPE token that ends inside a
@@ -24,7 +26,8 @@ tokens/s at concurrency 8 >= 0.8x in process at 8 (the median over the rounds of
 ratios, the two loads of a round run seconds apart), and 0 errors (anything but a 200 and a
 closing event). Results and method: docs/benchmarks.md.
 
-`--batching` asks what batching concurrent prompts could gain, before anyone builds it: per kind
+`--batching` measures the upper bound of batching concurrent prompts, the measurement that led to
+building the service's batched loop: per kind
 (gpt, lstm_lm at their default sizes, random weights), 8 prompts of the same length decoded
 `--max-new-tokens` tokens one after another (batch 1, the service's way) against all 8 as one
 batch of 8 through the network's own `stream` (no padding, one sampler: the best case for
@@ -186,12 +189,16 @@ class NoGauge:
 
 
 async def in_process_load(predictor, requests: int, concurrency: int, max_new_tokens: int) -> dict[str, Any]:
-    """The service's own path without HTTP: one model thread, a PieceFeed per request."""
+    """The service's own path without HTTP: the batched loop (or one model thread), a PieceFeed per request."""
+    from components.config import ServingSpec
+    from components.serving.batching import GenerationBatcher
     from components.serving.streaming import END, PieceFeed
 
     loop = asyncio.get_running_loop()
     ttfts: list[float] = []
     pieces = errors = sent = 0
+    decoder = predictor.batch_decoder()
+    batcher = None if decoder is None else GenerationBatcher(decoder, ServingSpec().max_generation_batch).start()
     with ThreadPoolExecutor(1, thread_name_prefix="bench-generate") as thread:
 
         async def worker() -> None:
@@ -201,7 +208,11 @@ async def in_process_load(predictor, requests: int, concurrency: int, max_new_to
                 sent += 1
                 started, first = time.perf_counter(), None
                 feed = PieceFeed(loop, NoGauge())
-                thread.submit(feed.produce, partial(predictor.stream, body.pop("prompt"), **body))
+                prompt = body.pop("prompt")
+                if batcher is not None:
+                    batcher.submit(predictor.plan(prompt, **body), feed)
+                else:
+                    thread.submit(feed.produce, partial(predictor.stream, prompt, **body))
                 while (item := await feed.get()) is not END:
                     if isinstance(item, BaseException):
                         errors += 1
@@ -212,7 +223,11 @@ async def in_process_load(predictor, requests: int, concurrency: int, max_new_to
                     ttfts.append(first - started)
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        try:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        finally:
+            if batcher is not None:
+                batcher.stop(timeout=60)
         elapsed = time.perf_counter() - started
     return summarise(ttfts, pieces, elapsed, errors)
 
