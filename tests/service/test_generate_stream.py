@@ -214,3 +214,81 @@ def test_a_client_that_leaves_mid_stream_leaves_no_generation_running(server):
         time.sleep(0.1)
     assert in_progress(server.url) == 0
     assert httpx.post(f"{server.url}/generate", json={**REQUEST, "max_new_tokens": 3}, timeout=30).status_code == 200
+
+
+# -- every stream ends with exactly one closing event -----------------------------------------------
+class Breaks:
+    """A batch decoder whose steps fail after `after` steps (an error mid-stream)."""
+
+    def __init__(self, decoder, after: int):
+        self.decoder, self.after = decoder, after
+
+    def prefill(self, prompt_ids):
+        return self.decoder.prefill(prompt_ids)
+
+    def step(self, rows, last_ids):
+        if self.after == 0:
+            raise RuntimeError("the model failed (simulated)")
+        self.after -= 1
+        return self.decoder.step(rows, last_ids)
+
+
+def tiny_gpt():
+    import torch
+
+    from components.models.gpt import GPT, GPTConfig
+    from components.models.lm_predictor import LanguageModelPredictor
+    from components.text.char_tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz .\n")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    return LanguageModelPredictor("gpt", model, tokenizer, "char")
+
+
+def served_events(decoder, plan) -> list[dict]:
+    """The events a client reads for `plan`, through the batched loop, the feed and sse_events."""
+    from components.serving.batching import GenerationBatcher
+
+    batcher = GenerationBatcher(decoder).start("test-stream-ends")
+    running = Count()
+
+    async def read() -> list[str]:
+        feed = PieceFeed(asyncio.get_running_loop(), running)
+        batcher.submit(plan, feed)
+        return [event async for event in sse_events(feed, await feed.get(), {"seed": 1}, logging.getLogger(__name__))]
+
+    try:
+        body = asyncio.run(read())
+    finally:
+        batcher.stop(timeout=10)
+    assert running.value == 0
+    return events("".join(body))
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["plain", "max_new_tokens 1", "stop at the very start", "stop later", "error mid-stream", "error at once"],
+)
+def test_every_stream_ends_with_exactly_one_done_or_error(case):
+    predictor = tiny_gpt()
+    text = predictor.generate("the ", max_new_tokens=12, temperature=0)
+    sampling = {"max_new_tokens": 12, "temperature": 0}
+    decoder = predictor.batch_decoder()
+    if case == "max_new_tokens 1":
+        sampling["max_new_tokens"] = 1
+    elif case == "stop at the very start":
+        sampling["stop"] = [text[:1]]
+    elif case == "stop later":
+        sampling["stop"] = [text[5:7]]
+    elif case.startswith("error"):
+        decoder = Breaks(decoder, after=3 if case == "error mid-stream" else 0)
+    payloads = served_events(decoder, predictor.plan("the ", **sampling))
+    closing = [p for p in payloads if "done" in p or "error" in p]
+    assert len(closing) == 1 and payloads[-1] is closing[0], payloads
+    assert all(set(p) == {"text"} and p["text"] for p in payloads[:-1]), payloads  # no empty pieces
+    if case.startswith("error"):
+        assert "error" in payloads[-1]
+    else:
+        assert payloads[-1] == {"done": True, "seed": 1}
+        assert joined(payloads) == predictor.generate("the ", **sampling)
