@@ -29,7 +29,7 @@ closing event). Results and method: docs/benchmarks.md.
 `--batching` measures the upper bound of batching concurrent prompts, the measurement that led to
 building the service's batched loop: per kind
 (gpt, lstm_lm at their default sizes, random weights), 8 prompts of the same length decoded
-`--max-new-tokens` tokens one after another (batch 1, the service's way) against all 8 as one
+`--max-new-tokens` tokens one after another (batch 1, the service's old way) against all 8 as one
 batch of 8 through the network's own `stream` (no padding, one sampler: the best case for
 batching), `--rounds` paired rounds, each on one torch thread and on the default threads. Rows:
 {"kind", "threads", "sequential_tokens_per_s", "batched_tokens_per_s", "speedup"} (medians).
