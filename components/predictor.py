@@ -161,20 +161,6 @@ class GeneratorPredictor(Predictor):
         """The whole continuation at once: exactly ``"".join(stream(...))`` for the same arguments."""
         return "".join(self.stream(prompt, *args, **kwargs))
 
-    def plan(
-        self,
-        prompt: str,
-        max_new_tokens: int = 100,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-    ) -> DecodePlan:
-        """`stream`'s arguments validated and tokenised for a decode loop (ValueError as `stream`).
-        Only kinds with a `batch_decoder` need it."""
-        raise NotImplementedError(f"{self.kind}: this generator decodes one request at a time")
-
     def batch_decoder(self) -> BatchDecoder | None:
         """The kind's batched decode step (components/serving/batching.py), or None: the kind
         generates one request at a time through `stream`."""
@@ -211,6 +197,56 @@ class DecodePlan:
     text: PieceDecoder
     stops: list[str]
     end_ids: frozenset[int] = frozenset()  # tokens that end the text (an end-of-text token)
+
+
+class TokenGenerator(GeneratorPredictor):
+    """A generator that samples token by token (the GPT, the LSTM LM, a Hugging Face causal LM).
+
+    `plan` validates and tokenises a request; `stream` runs it through the kind's own loop
+    (`_pieces`), and the service's batched loop runs the same plans through `batch_decoder()`.
+    A kind sets `device`, `_banned` (ids never sampled) and `_end_ids` (ids that end the text).
+    """
+
+    device: Any
+    _banned: Sequence[int] = ()
+    _end_ids: frozenset[int] = frozenset()
+
+    def stream(self, prompt: str, *args: Any, **kwargs: Any) -> Iterator[str]:
+        """See `GeneratorPredictor.stream` (the same arguments, passed to `plan`); the text also
+        ends at the model's end-of-text token, if any."""
+        plan = self.plan(prompt, *args, **kwargs)  # raises now, before any piece
+        return cut_at_stops(self._pieces(plan), plan.stops)
+
+    def plan(
+        self,
+        prompt: str,
+        max_new_tokens: int = 100,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> DecodePlan:
+        """`stream`'s arguments, validated (ValueError) and tokenised, with the request's own seeded sampler."""
+        from components.models.sampling import make_generator, make_sampler, validate_sampling
+
+        validate_sampling(max_new_tokens, temperature, top_k, top_p)
+        prompt_ids, max_new_tokens = self._prompt_ids(prompt, max_new_tokens)
+        sample = make_sampler(temperature, top_k, top_p, make_generator(seed, self.device), self._banned)
+        text = self._piece_decoder(prompt_ids)
+        return DecodePlan(prompt_ids, max_new_tokens, sample, text, list(stop), self._end_ids)
+
+    @abstractmethod
+    def _prompt_ids(self, prompt: str, max_new_tokens: int) -> tuple[list[int], int]:
+        """The prompt's token ids as the model reads them, and the tokens there is room for."""
+
+    @abstractmethod
+    def _piece_decoder(self, prompt_ids: list[int]) -> PieceDecoder:
+        """A fresh `PieceDecoder` for one request."""
+
+    @abstractmethod
+    def _pieces(self, plan: DecodePlan) -> Iterator[str]:
+        """The kind's own decode loop: `plan`'s text in pieces, one request alone."""
 
 
 class StopCutter:

@@ -49,8 +49,7 @@ from components.evaluation.language_model import evaluate_text
 from components.models.gpt import GPTBatchDecoder
 from components.models.lstm_lm import LSTMBatchDecoder
 from components.models.registry import KINDS, model_kind
-from components.models.sampling import make_generator, make_sampler, validate_sampling
-from components.predictor import BatchDecoder, DecodePlan, GeneratorPredictor, cut_at_stops
+from components.predictor import BatchDecoder, DecodePlan, TokenGenerator
 from components.text.char_tokenizer import CharTokenizer
 from components.text.token_shards import cached_token_shards, texts_key, tokenizer_key
 from components.training import distributed
@@ -142,7 +141,7 @@ def special_ids(tokenizer: Any) -> list[int]:
 
 
 # -- the predictor ------------------------------------------------------------------------
-class LanguageModelPredictor(GeneratorPredictor):
+class LanguageModelPredictor(TokenGenerator):
     """A trained GPT or LSTM language model with its tokenizer; generates continuations."""
 
     def __init__(
@@ -178,37 +177,11 @@ class LanguageModelPredictor(GeneratorPredictor):
         ids = [i for i in self.tokenizer.encode("\n") if i not in self._banned]
         return ids or [0]
 
-    def stream(
-        self,
-        prompt: str,
-        max_new_tokens: int = 100,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-    ) -> Iterator[str]:
-        """The continuation of `prompt` in pieces, one per token that completes text (see
-        `GeneratorPredictor.stream`); the GPT decodes with its KV cache, the LSTM carries its state."""
-        plan = self.plan(prompt, max_new_tokens, temperature, top_k, top_p, seed, stop)  # raises now
-        return cut_at_stops(self._pieces(plan), plan.stops)
+    def _prompt_ids(self, prompt: str, max_new_tokens: int) -> tuple[list[int], int]:
+        return self.tokenizer.encode(prompt)[-self.block_size :] or self._start, max_new_tokens
 
-    def plan(
-        self,
-        prompt: str,
-        max_new_tokens: int = 100,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-    ) -> DecodePlan:
-        validate_sampling(max_new_tokens, temperature, top_k, top_p)
-        prompt_ids = self.tokenizer.encode(prompt)[-self.block_size :] or self._start
-        sample = make_sampler(
-            temperature, top_k, top_p, generator=make_generator(seed, self.device), banned_ids=self._banned
-        )
-        return DecodePlan(prompt_ids, max_new_tokens, sample, ContinuationText(self, prompt_ids), list(stop))
+    def _piece_decoder(self, prompt_ids: list[int]) -> ContinuationText:
+        return ContinuationText(self, prompt_ids)
 
     def batch_decoder(self) -> BatchDecoder:
         """Many requests decoding together (components/serving/batching.py)."""

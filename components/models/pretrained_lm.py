@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from components.config import ModelSpec
 from components.data.dataset import CorpusData
 from components.evaluation.language_model import evaluate_text
-from components.models.sampling import make_generator, make_sampler, validate_sampling
-from components.predictor import DecodePlan, GeneratorPredictor, cut_at_stops
+from components.models.sampling import validate_sampling
+from components.predictor import DecodePlan, TokenGenerator
 from components.training.callbacks import MetricsCallback, no_metrics
 from components.training.device import (
     inference_context,
@@ -200,7 +200,7 @@ class CausalLM(nn.Module):
 
 
 # -- the predictor ---------------------------------------------------------------------------
-class PretrainedLMPredictor(GeneratorPredictor):
+class PretrainedLMPredictor(TokenGenerator):
     """A (fine-tuned) Hugging Face causal LM and its tokenizer; streams continuations with its KV cache.
 
     `model` is the Hugging Face model, or the peft model around it after LoRA training, until
@@ -216,9 +216,9 @@ class PretrainedLMPredictor(GeneratorPredictor):
         self.text = PlainTokenizer(tokenizer)
         self.max_positions = context_length(model.config)
         special = tokenizer.eos_token_id
-        self._eos = set(special if isinstance(special, list) else [special]) - {None}
+        self._end_ids = frozenset(special if isinstance(special, list) else [special]) - {None}
         pad = tokenizer.pad_token_id
-        self._banned = [pad] if pad is not None and pad not in self._eos else []
+        self._banned = [pad] if pad is not None and pad not in self._end_ids else []
 
     @property
     def device(self) -> torch.device:
@@ -235,39 +235,16 @@ class PretrainedLMPredictor(GeneratorPredictor):
                 return [token]
         return self.text.encode("\n") or [0]
 
-    def stream(
-        self,
-        prompt: str,
-        max_new_tokens: int = 100,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-    ) -> Iterator[str]:
-        """The continuation of `prompt` in pieces as tokens are sampled (see `GeneratorPredictor.stream`).
-        It also ends at the model's end-of-text token or when the model's context is full."""
-        plan = self.plan(prompt, max_new_tokens, temperature, top_k, top_p, seed, stop)  # raises now
-        return cut_at_stops(self._pieces(plan), plan.stops)
-
-    def plan(
-        self,
-        prompt: str,
-        max_new_tokens: int = 100,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-    ) -> DecodePlan:
-        validate_sampling(max_new_tokens, temperature, top_k, top_p)
+    def _prompt_ids(self, prompt: str, max_new_tokens: int) -> tuple[list[int], int]:
+        """The prompt's ids; generation also ends when the model's context is full."""
         prompt_ids = self.text.encode(prompt) or self._start_ids()
         if self.max_positions is not None:  # leave room for at least one new token
             prompt_ids = prompt_ids[-(self.max_positions - 1) :]
             max_new_tokens = min(max_new_tokens, self.max_positions - len(prompt_ids))
-        sample = make_sampler(temperature, top_k, top_p, make_generator(seed, self.device), self._banned)
-        text = TailText(self.text, prompt_ids[-DECODE_CONTEXT_TOKENS:])
-        return DecodePlan(prompt_ids, max_new_tokens, sample, text, list(stop), frozenset(self._eos))
+        return prompt_ids, max_new_tokens
+
+    def _piece_decoder(self, prompt_ids: list[int]) -> TailText:
+        return TailText(self.text, prompt_ids[-DECODE_CONTEXT_TOKENS:])
 
     def batch_decoder(self) -> HFBatchDecoder | None:
         """Many requests decoding together, or None for a model whose cache is not one plain
