@@ -373,4 +373,20 @@ class GPTBatchDecoder:
             row.own = None
         cache.length = width
         cache.set_pads([width - row.cached for row in members], cache.k.device)
+        self._give_back(members)
         self._members, self._cache = members, cache
+
+    def _give_back(self, members: list[GPTRow]) -> None:
+        """Rows of the old cache that are not in `members` get their keys and values back in a
+        cache of their own, so that a row that sits out a step can join again."""
+        staying = {id(row) for row in members}
+        old = self._cache
+        for b, row in enumerate(self._members):
+            if id(row) in staying or row.own is not None or row.cached >= self.block_size:
+                continue
+            own = KVCache(old.n_layer, old.max_len)
+            own.k = old.k.new_zeros((old.n_layer, 1, *old.k.shape[2:]))
+            own.v = old.v.new_zeros((old.n_layer, 1, *old.v.shape[2:]))
+            own.k[:, 0, :, : row.cached] = old.k[:, b, :, old.length - row.cached : old.length]
+            own.v[:, 0, :, : row.cached] = old.v[:, b, :, old.length - row.cached : old.length]
+            own.length, row.own = row.cached, own

@@ -164,5 +164,9 @@ class LSTMBatchDecoder:
             hs.append(h)
             cs.append(c)
             row.own = None
+        staying = {id(row) for row in rows}
+        for row in self._members:  # a row that sits out a step keeps its state, to join again
+            if id(row) not in staying:
+                row.own = tuple(s[:, where[id(row)] : where[id(row)] + 1].clone() for s in self._state)
         self._members = rows
         self._state = (torch.cat(hs, dim=1), torch.cat(cs, dim=1))  # (n_layer, B, H) each

@@ -424,6 +424,15 @@ class HFBatchDecoder:
             layers.append(tuple(merged))
         from transformers import DynamicCache
 
+        staying = {id(row) for row in rows}
+        for b, row in enumerate(self._members):  # a row that sits out a step keeps its cache, to join again
+            if id(row) not in staying:
+                row.own = DynamicCache(
+                    ddp_cache_data=[
+                        (layer.keys[b : b + 1, :, -row.length :], layer.values[b : b + 1, :, -row.length :])
+                        for layer in self._cache.layers
+                    ]
+                )
         self._cache = DynamicCache(ddp_cache_data=layers)
         self._mask = None
         if any(row.length < width for row in rows):

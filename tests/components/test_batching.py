@@ -305,3 +305,23 @@ def test_feeds_count_running_generations_and_a_gone_client_stops_its_row(running
     assert text == predictor.generate("a", max_new_tokens=30, temperature=0)
     assert received < 100  # stopped within a step or two of the cancel, not after 5,000 tokens
     assert gauge.value == 0 and gauge.most == 2
+
+
+def test_a_batched_step_gives_each_row_the_logits_it_has_alone(predictor):
+    """Left padding, masks and per-row positions: rows of different lengths stepped together get
+    the logits each gets stepped alone (to float tolerance), over steps where rows join and leave."""
+    prompts = [ids for ids in (predictor.plan(p).prompt_ids for p, _ in requests_for(predictor))]
+    batched, alone = predictor.batch_decoder(), predictor.batch_decoder()
+    rows = [batched.prefill(ids)[0] for ids in prompts[:3]]
+    singles = [alone.prefill(ids)[0] for ids in prompts[:3]]
+    for step in range(6):
+        if step == 2:  # one row joins, another leaves
+            rows, singles = (
+                rows[1:] + [batched.prefill(prompts[3])[0]],
+                singles[1:] + [alone.prefill(prompts[3])[0]],
+            )
+        tokens = [(7 * step + 3 * i) % 20 + 1 for i in range(len(rows))]
+        together = batched.step(rows, tokens)
+        for i, single in enumerate(singles):
+            one = alone.step([single], [tokens[i]])
+            torch.testing.assert_close(together[i : i + 1], one, atol=1e-5, rtol=1e-4)
