@@ -216,6 +216,24 @@ def test_a_client_that_leaves_mid_stream_leaves_no_generation_running(server):
     assert httpx.post(f"{server.url}/generate", json={**REQUEST, "max_new_tokens": 3}, timeout=30).status_code == 200
 
 
+
+@pytest.mark.slow
+def test_a_request_is_answered_while_a_long_stream_runs(server):
+    """Generations decode together: a short request does not wait for a long stream to end
+    (one at a time, it would wait for all 2,000 tokens)."""
+    long = {**REQUEST, "max_new_tokens": 2000, "stream": True}
+    with httpx.stream("POST", f"{server.url}/generate", json=long, timeout=60) as response:
+        lines = response.iter_lines()  # held: a closed line iterator closes the connection
+        assert next(line for line in lines if line.startswith("data: "))
+        short = httpx.post(f"{server.url}/generate", json={**REQUEST, "max_new_tokens": 5}, timeout=60)
+        assert short.status_code == 200 and short.json()["text"]
+        assert in_progress(server.url) == 1  # the long stream is still running
+    deadline = time.monotonic() + 5
+    while in_progress(server.url) != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert in_progress(server.url) == 0
+
+
 # -- every stream ends with exactly one closing event -----------------------------------------------
 class Breaks:
     """A batch decoder whose steps fail after `after` steps (an error mid-stream)."""
