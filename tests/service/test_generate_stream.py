@@ -216,7 +216,6 @@ def test_a_client_that_leaves_mid_stream_leaves_no_generation_running(server):
     assert httpx.post(f"{server.url}/generate", json={**REQUEST, "max_new_tokens": 3}, timeout=30).status_code == 200
 
 
-
 @pytest.mark.slow
 def test_a_request_is_answered_while_a_long_stream_runs(server):
     """Generations decode together: a short request does not wait for a long stream to end
