@@ -197,12 +197,11 @@ def log_and_register(settings: Settings, job: Job, fitted: Fitted, metrics_logge
     version (None when not registered) and the bundle's size in MB.
     """
     run_id, predictor, workdir = identity["run_id"], fitted.predictor, job.workdir
-    metrics_logger(fitted.metrics, None)
-    metrics_logger.flush()
     predictor.metadata |= {"model_name": job.task.registered_model, **identity}
     bundle_dir = predictor.save(workdir / "bundle")
     size_mb = sum(f.stat().st_size for f in bundle_dir.rglob("*") if f.is_file()) / 1e6
-    metrics_logger({"model_size_mb": size_mb}, None)
+    metrics_logger(fitted.metrics | {"model_size_mb": size_mb}, None)
+    metrics_logger.flush()  # the size used to be logged after the last flush and never reached MLflow
     artifacts: dict[str, Any] = {"report.json": fitted.report, "model_spec.json": job.spec.model_dump(mode="json")}
     if fitted.selection is not None:  # a classifier (a generation model has no selection probabilities)
         artifacts["confusion_matrix_test.png"] = plot_confusion_matrix(

@@ -32,6 +32,8 @@ def registry(tmp_path_factory):
     results = {spec.name: train_candidate_task.fn(settings, task_spec, spec, version, "test", code, "test")
                for spec in (good, weak)}
     assert results["good"]["val"]["macro_f1"] > results["weak"]["val"]["macro_f1"]
+    # Every registered candidate's run carries its bundle's size (the leaderboard reads it from MLflow).
+    assert tracking.run_metrics(settings, results["good"]["run_id"])["model_size_mb"] > 0
     return settings, task_spec, version, results
 
 
