@@ -279,10 +279,11 @@ def test_a_model_refusing_the_prompt_is_a_400(client, generator_model, monkeypat
 
     predictor_class = type(load_predictor(bentoml.models.get(generator_model.tag).path))
 
-    def refuse(self, prompt, **kwargs):
+    def refuse(self, prompt, *args, **kwargs):
         raise ValueError("prompt has characters outside the vocabulary: '\\x00'")
 
-    monkeypatch.setattr(predictor_class, "generate", refuse)
+    # Requests reach the model through `plan` (the batched decode loop), streamed or not.
+    monkeypatch.setattr(predictor_class, "plan", refuse)
     response = client.post("/generate", json={"prompt": "bad \x00 prompt", "max_new_tokens": 3})
     assert response.status_code == 400 and "outside the vocabulary" in response.json()["error"]
     monkeypatch.undo()
