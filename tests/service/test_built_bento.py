@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
@@ -39,6 +40,19 @@ def test_the_served_bento_listens_on_the_loopback_only(served_bento):
         if c.status == psutil.CONN_LISTEN and c.laddr.port == port
     }
     assert listening == {"127.0.0.1"}, listening
+
+
+@pytest.mark.skipif("OMP_WAIT_POLICY" in os.environ, reason="the operator's own OMP_WAIT_POLICY is kept")
+def test_the_model_worker_runs_with_passive_openmp_threads(served_bento):
+    # Spinning OpenMP threads starved the event loop of a streaming server under CPU contention
+    # (service.py): the worker process, where torch runs, must start with the passive policy.
+    import psutil
+
+    workers = psutil.Process(served_bento.process.pid).children(recursive=True)
+    policies = {
+        w.environ().get("OMP_WAIT_POLICY") for w in workers if "_bentoml_impl.worker" in " ".join(w.cmdline())
+    }
+    assert policies == {"PASSIVE"}, policies
 
 
 def test_the_bento_carries_the_service_code_and_no_secret(built_bento):
