@@ -49,6 +49,7 @@ CLASSIFIER_MODEL = "maas-classifier"
 GENERATOR_MODEL = "maas-generator"
 NO_MODEL = "none"
 MAX_SEED = 2**32 - 1
+SHUTDOWN_WAIT_S = 10  # how long shutdown waits for the decode loop to finish its step
 MAX_STOPS, MAX_STOP_CHARS = 8, 64  # stop sequences per request, characters per stop sequence
 # A CPU classifier whose full batch takes at most this long runs on the event loop: in a worker
 # thread, a model that holds the GIL (the TF-IDF pipeline tokenises in Python) only adds GIL
@@ -288,6 +289,15 @@ class MaasService:
         log_texts = texts_logged(os.environ)
         logger.info("inference log: %s (%s)", folder, "with the texts" if log_texts else "without the texts")
         return InferenceLog(folder, log_texts=log_texts, on_drop=self.metrics.dropped.inc)
+
+    @bentoml.on_shutdown
+    def stop_model_threads(self) -> None:
+        """End the decode loop (generations still running close unfinished) and the model threads,
+        so the worker exits with no model work left behind."""
+        if self._batcher is not None:
+            self._batcher.stop(timeout=SHUTDOWN_WAIT_S)
+        for pool in (self._classify_thread, self._generate_thread, self._explain_thread):
+            pool.shutdown(wait=True, cancel_futures=True)
 
     @bentoml.on_shutdown
     def close_inference_log(self) -> None:

@@ -309,3 +309,15 @@ def test_every_stream_ends_with_exactly_one_done_or_error(case):
     else:
         assert payloads[-1] == {"done": True, "seed": 1}
         assert joined(payloads) == predictor.generate("the ", **sampling)
+
+
+def test_shutdown_stops_the_decode_loop_and_the_model_threads(import_service, stream_models):
+    module = import_service("maas_service_stream_shutdown", stream_models)
+    module.MaasService.config["metrics"] = {"enabled": False}
+    before = set(threading.enumerate())
+    with TestClient(module.MaasService.to_asgi(), raise_server_exceptions=False) as test_client:
+        assert test_client.post("/generate", json=REQUEST).status_code == 200
+        assert test_client.post("/classify", json={"texts": ["a short text"]}).status_code == 200
+        started = {t for t in set(threading.enumerate()) - before if t.name.startswith("maas-")}
+    assert any(t.name == "maas-generate-batch" for t in started), started
+    assert [t.name for t in started if t.is_alive()] == []
