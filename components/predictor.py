@@ -134,27 +134,36 @@ class ClassifierPredictor(Predictor):
         return [item.explanation(self.labels, top_k) for item in self.attribute(texts)]
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How a generator continues a prompt: the arguments of `stream` and `generate` after the prompt.
+
+    max_new_tokens: tokens at most; temperature: 0 is greedy; top_k: 0 disables it; top_p: 1
+    disables it; seed: the same seed gives the same text (None: fresh entropy); stop: the text
+    ends before the first of these strings it produces.
+    """
+
+    max_new_tokens: int = 100
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: Sequence[str] = ()
+
+
 class GeneratorPredictor(Predictor):
     """A text generator. A kind implements `stream`; `generate` is its joined text."""
 
     task: ClassVar[str] = "generation"
 
     @abstractmethod
-    def stream(
-        self,
-        prompt: str,
-        max_new_tokens: int = 100,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-    ) -> Iterator[str]:
+    def stream(self, prompt: str, *args: Any, **kwargs: Any) -> Iterator[str]:
         """The continuation of `prompt` (never the prompt itself), in pieces as tokens are produced.
 
-        Bad arguments raise ValueError from this call, before any piece. The text ends after
-        `max_new_tokens` tokens or before the first `stop` string it produces (see `cut_at_stops`);
-        the same seed gives the same pieces. Closing the iterator stops all further computation.
+        The other arguments are the fields of `Sampling`, by position or by name. Bad arguments
+        raise ValueError from this call, before any piece. The text ends after `max_new_tokens`
+        tokens or before the first `stop` string it produces (see `cut_at_stops`); the same seed
+        gives the same pieces. Closing the iterator stops all further computation.
         """
 
     def generate(self, prompt: str, *args: Any, **kwargs: Any) -> str:
@@ -217,24 +226,18 @@ class TokenGenerator(GeneratorPredictor):
         plan = self.plan(prompt, *args, **kwargs)  # raises now, before any piece
         return cut_at_stops(self._pieces(plan), plan.stops)
 
-    def plan(
-        self,
-        prompt: str,
-        max_new_tokens: int = 100,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-    ) -> DecodePlan:
-        """`stream`'s arguments, validated (ValueError) and tokenised, with the request's own seeded sampler."""
+    def plan(self, prompt: str, *args: Any, **kwargs: Any) -> DecodePlan:
+        """`stream`'s arguments (`Sampling`), validated (ValueError) and tokenised, with the
+        request's own seeded sampler."""
         from components.models.sampling import make_generator, make_sampler, validate_sampling
 
-        validate_sampling(max_new_tokens, temperature, top_k, top_p)
-        prompt_ids, max_new_tokens = self._prompt_ids(prompt, max_new_tokens)
-        sample = make_sampler(temperature, top_k, top_p, make_generator(seed, self.device), self._banned)
+        sampling = Sampling(*args, **kwargs)
+        validate_sampling(sampling.max_new_tokens, sampling.temperature, sampling.top_k, sampling.top_p)
+        prompt_ids, max_new_tokens = self._prompt_ids(prompt, sampling.max_new_tokens)
+        generator = make_generator(sampling.seed, self.device)
+        sample = make_sampler(sampling.temperature, sampling.top_k, sampling.top_p, generator, self._banned)
         text = self._piece_decoder(prompt_ids)
-        return DecodePlan(prompt_ids, max_new_tokens, sample, text, list(stop), self._end_ids)
+        return DecodePlan(prompt_ids, max_new_tokens, sample, text, list(sampling.stop), self._end_ids)
 
     @abstractmethod
     def _prompt_ids(self, prompt: str, max_new_tokens: int) -> tuple[list[int], int]:
