@@ -324,6 +324,55 @@ def validation_evaluator(
     return evaluate_all
 
 
+def check_token_counts(train_ids: Sequence[int], val_ids: Sequence[int], block_size: int) -> None:
+    """ValueError when the texts are too short to train a `block_size` model or to score it."""
+    if len(train_ids) <= block_size + 1:
+        raise ValueError(
+            f"training text has {len(train_ids)} tokens: needs more than block_size + 1 ({block_size + 1})"
+        )
+    if len(val_ids) < 3:
+        raise ValueError(f"validation text has {len(val_ids)} tokens: needs at least 3")
+
+
+def fit_language_model(
+    model: torch.nn.Module,
+    ids: tuple[Any, torch.Tensor],
+    val_text: str,
+    tokenizer: Any,
+    block_size: int,
+    training: TrainingSpec,
+    eval_max_chars: int | None,
+    workdir: Path,
+    on_metrics: MetricsCallback,
+    extra: dict[str, Any],
+) -> Any:
+    """The fit loop on random `block_size` windows of the training ids (`ids`: train, val), for a
+    model whose ``model(x, y)`` returns (logits, loss); the best step by validation loss is kept,
+    and the model ends on the fit's device in eval mode. Returns the loop's FitResult."""
+    from components.training.batches import TokenWindowBatches
+    from components.training.engine import fit
+
+    train_ids, val_ids = ids
+    device = resolve_device(training.device)
+    batches = TokenWindowBatches(train_ids, block_size, training.batch_size, seed=training.seed)
+    evaluate = validation_evaluator(val_ids, val_text, tokenizer, block_size, training, device, eval_max_chars)
+    result = fit(
+        model,
+        batches,
+        lambda m, batch: m(*batch)[1],  # batch: (x, y), each (B, T)
+        training,
+        evaluate=evaluate,
+        monitor="val_loss",
+        on_metrics=on_metrics,
+        checkpoint_dir=workdir / "checkpoints",
+        resume=True,
+        device=device,
+        extra=extra,
+    )
+    model.to(device).eval()
+    return result
+
+
 def train(
     spec: ModelSpec,
     data: CorpusData,
@@ -338,9 +387,6 @@ def train(
 def _train(
     spec: ModelSpec, data: CorpusData, workdir: Path, on_metrics: MetricsCallback
 ) -> LanguageModelPredictor:
-    from components.training.batches import TokenWindowBatches
-    from components.training.engine import fit
-
     training = spec.training
     options, model_params = split_params(spec.kind, spec.params)
     config_cls, model_cls = network_classes(spec.kind)
@@ -357,39 +403,23 @@ def _train(
     ).tokens
     val_ids = torch.tensor(tokenizer.encode(data.val_text), dtype=torch.long)
     config = config_cls(vocab_size=tokenizer.vocab_size, **model_params)
-    if len(train_ids) <= config.block_size + 1:
-        raise ValueError(f"training text has {len(train_ids)} tokens: needs more than block_size + 1")
-    if len(val_ids) < 3:
-        raise ValueError(f"validation text has {len(val_ids)} tokens: needs at least 3")
+    check_token_counts(train_ids, val_ids, config.block_size)
 
     seed_everything(training.seed)
     model = model_cls(config)
     log.info("%s: %.2fM parameters, vocabulary %d", spec.kind, model.num_params() / 1e6, config.vocab_size)
-
-    device = resolve_device(training.device)
-    batches = TokenWindowBatches(train_ids, config.block_size, training.batch_size, seed=training.seed)
-    evaluate = validation_evaluator(
-        val_ids, data.val_text, tokenizer, config.block_size, training, device, options.eval_max_chars
-    )
-
-    def loss_fn(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = batch  # (B, T) each
-        return model(x, y)[1]
-
-    result = fit(
+    result = fit_language_model(
         model,
-        batches,
-        loss_fn,
+        (train_ids, val_ids),
+        data.val_text,
+        tokenizer,
+        config.block_size,
         training,
-        evaluate=evaluate,
-        monitor="val_loss",
-        on_metrics=on_metrics,
-        checkpoint_dir=workdir / "checkpoints",
-        resume=True,
-        device=device,
+        options.eval_max_chars,
+        workdir,
+        on_metrics,
         extra={"kind": spec.kind, "model": config.to_dict(), "tokenizer": options.tokenizer},
     )
-    model = model.to(device).eval()
 
     predictor = LanguageModelPredictor(spec.kind, model, tokenizer, options.tokenizer)
     metrics = predictor.evaluate(data.val_text, max_chars=options.eval_max_chars)

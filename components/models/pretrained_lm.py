@@ -460,9 +460,7 @@ def train(
 def _train(
     spec: ModelSpec, data: CorpusData, workdir: Path, on_metrics: MetricsCallback
 ) -> PretrainedLMPredictor:
-    from components.models.lm_predictor import validation_evaluator
-    from components.training.batches import TokenWindowBatches
-    from components.training.engine import fit
+    from components.models.lm_predictor import check_token_counts, fit_language_model
 
     params = resolve_params(spec.params)
     t = spec.training
@@ -472,12 +470,7 @@ def _train(
     text = PlainTokenizer(tokenizer)
     train_ids = torch.tensor(text.encode(data.train_text), dtype=torch.long)
     val_ids = torch.tensor(text.encode(data.val_text), dtype=torch.long)
-    if len(train_ids) <= block_size + 1:
-        raise ValueError(
-            f"training text has {len(train_ids)} tokens: needs more than block_size + 1 ({block_size + 1})"
-        )
-    if len(val_ids) < 3:
-        raise ValueError(f"validation text has {len(val_ids)} tokens: needs at least 3")
+    check_token_counts(train_ids, val_ids, block_size)
 
     seed_everything(t.seed)  # the LoRA matrices start the same on every rank and every run
     if params["lora"]:
@@ -493,25 +486,18 @@ def _train(
         "LoRA" if params["lora"] else "full fine-tuning",
     )
 
-    device = resolve_device(t.device)
-    batches = TokenWindowBatches(train_ids, block_size, t.batch_size, seed=t.seed)
-    evaluate = validation_evaluator(
-        val_ids, data.val_text, text, block_size, t, device, params["eval_max_chars"]
-    )
-    result = fit(
+    result = fit_language_model(
         model,
-        batches,
-        lambda m, batch: m(*batch)[1],
+        (train_ids, val_ids),
+        data.val_text,
+        text,
+        block_size,
         t,
-        evaluate=evaluate,
-        monitor="val_loss",
-        on_metrics=on_metrics,
-        checkpoint_dir=workdir / "checkpoints",
-        resume=True,
-        device=device,
+        params["eval_max_chars"],
+        workdir,
+        on_metrics,
         extra={"kind": KIND, "model": params["model"], "lora": params["lora"]},
     )
-    model.to(device).eval()
 
     config = {
         "base_model": params["model"],
