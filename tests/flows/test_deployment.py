@@ -134,14 +134,20 @@ def test_runs_through_the_deployment_train_once_then_change_nothing(scheduled):
     from prefect.deployments import run_deployment
 
     with scheduled.api():
-        # Runs one at a time: this one waits for the --run-now run, then finds nothing new.
+        # The runner takes one run at a time, in either order: the --run-now run and this one. The
+        # first trains; the second finds nothing new.
         flow_run = run_deployment("retrain/retrain", timeout=RUN_TIMEOUT_S, poll_interval=2, as_subflow=False)
         assert flow_run.state is not None and flow_run.state.is_completed(), f"{flow_run.state}\n{scheduled.log_tail()}"
         assert flow_run.parameters == {"config": "smoke", "force": False}
-        with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[flow_run.deployment_id]))
-            )
+
+        def read_runs():
+            with get_client(sync_client=True) as client:
+                return client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[flow_run.deployment_id]))
+                )
+
+        _wait_for(lambda: sum(run.state.is_final() for run in read_runs()) >= 2, RUN_TIMEOUT_S, scheduled, "second run")
+        runs = read_runs()
         done = [run for run in runs if run.state.is_final()]
         assert len(done) == 2 and all(run.state.is_completed() for run in done), [run.state for run in runs]
         # The rest are the scheduler's next runs of the cron schedule: Mondays at 03:00 UTC.
