@@ -219,7 +219,7 @@ compat.patch_timeout_middleware()
     # RequestGuard writes the structured access log; BentoML's text access log would double it.
     logging={"access": {"enabled": False}},
     # OpenMP's idle threads spin by default. Here they took the cores the event loop and the
-    # clients needed, and under CPU contention the streamed tiny Llama served 0.3x the tokens/s of
+    # clients needed, and under CPU contention the streamed tiny Llama served 0.5x the tokens/s of
     # in-process generation (docs/benchmarks.md). An OMP_WAIT_POLICY set by the operator is kept.
     envs=[{"name": "OMP_WAIT_POLICY", "value": "PASSIVE"}],
 )
